@@ -1,0 +1,141 @@
+"""A torch Dataset over episode data: one sample per (episode, step), with the chunk of future actions.
+
+    ds = EpisodeDataset("data/mt10", split="train", chunk_len=8)
+    sample = ds[0]   # keys below; torch.utils.data.DataLoader's default collate batches them
+
+Sample: rgb (V, H, W, 3) uint8, depth (V, H, W) float32 m, intrinsics (V, 3, 3) float32, state (4,) float32,
+instruction str, action (4,) float32, actions (T, 4) float32 = actions t..t+T-1 padded by repeating the
+episode's last action, action_mask (T,) bool (False on padding), episode_index / task_id / frame_index int,
+task str. Episodes are split into train/val by seed (sim.schema.is_val_seed).
+
+Other data (another simulator, teleoperation logs) plugs in by implementing `EpisodeSource`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from sim import schema
+from sim.episodes import EpisodeReader
+from vla.errors import UserError
+
+
+class EpisodeSource(Protocol):
+    """Where episodes come from: a list of metadata, and per-episode arrays and frames."""
+
+    cameras: tuple[str, ...]
+
+    def episodes(self) -> list[dict[str, Any]]:
+        """Metadata per episode; needs 'task', 'task_id', 'seed', 'length', 'instruction'."""
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        """'actions' (L, 4), 'state' (L, 4), 'intrinsics' (V, 3, 3) of episode `index`."""
+
+    def frame(self, index: int, t: int, views: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """rgb (V', H, W, 3) uint8 and depth (V', H, W) float32 metres (or None) of step t, cameras `views`."""
+
+
+class NpzEpisodeSource:
+    """The `vla collect` layout (sim.schema): manifest.json + one npz per episode."""
+
+    def __init__(self, root: str | os.PathLike, cache_episodes: int = 256):
+        self.root = Path(root)
+        manifest_path = self.root / "manifest.json"
+        if not manifest_path.exists():
+            raise UserError(f"{self.root} has no manifest.json: is it a `vla collect` output folder?")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != "vla-sim-episodes":
+            raise UserError(f"{manifest_path} is not a vla-sim episode manifest (format={manifest.get('format')!r})")
+        self.manifest = manifest
+        self.cameras = tuple(manifest["cameras"])
+        self._episodes = manifest["episodes"]
+        self._readers: dict[int, EpisodeReader] = {}  # small arrays only; frames are read per sample
+        self._cache_size = cache_episodes
+
+    def episodes(self) -> list[dict[str, Any]]:
+        return self._episodes
+
+    def _reader(self, index: int) -> EpisodeReader:
+        r = self._readers.get(index)
+        if r is None:
+            if len(self._readers) >= self._cache_size:
+                self._readers.pop(next(iter(self._readers)))
+            r = self._readers[index] = EpisodeReader(self.root / self._episodes[index]["file"])
+        return r
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        r = self._reader(index)
+        return {"actions": r.actions, "state": r.state, "intrinsics": r.intrinsics}
+
+    def frame(self, index: int, t: int, views: list[int]):
+        return self._reader(index).frame(t, views)
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Samples (episode, step) with future-action chunks; see the module docstring for the keys."""
+
+    def __init__(self, root: str | os.PathLike | EpisodeSource, split: str = "train", chunk_len: int = 8,
+                 cameras: tuple[str, ...] | list[str] | None = None, val_every: int = 10):
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split={split!r} is not 'train', 'val' or 'all'")
+        if chunk_len < 1:
+            raise ValueError(f"chunk_len={chunk_len} must be >= 1")
+        if val_every < 2:
+            raise ValueError(f"val_every={val_every} must be >= 2")
+        self.source = root if hasattr(root, "frame") else NpzEpisodeSource(root)
+        recorded = tuple(self.source.cameras)
+        cameras = tuple(cameras) if cameras else recorded
+        missing = [c for c in cameras if c not in recorded]
+        if missing:
+            raise ValueError(f"cameras {missing} were not recorded; this dataset has {list(recorded)}")
+        self.cameras, self.views = cameras, [recorded.index(c) for c in cameras]
+        self.split, self.chunk_len = split, chunk_len
+        eps = self.source.episodes()
+        self.episode_indices = [i for i, e in enumerate(eps)
+                                if split == "all" or schema.is_val_seed(e["seed"], val_every) == (split == "val")]
+        lengths = np.array([eps[i]["length"] for i in self.episode_indices], dtype=np.int64)
+        # flat sample index -> (episode, step) through the cumulative lengths
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
+        self._meta = eps
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, idx: int) -> tuple[int, int]:
+        """Flat sample index -> (episode index in the source, step)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"sample {idx} outside dataset of {len(self)}")
+        k = int(np.searchsorted(self._starts, idx, side="right") - 1)
+        return self.episode_indices[k], int(idx - self._starts[k])
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        ep, t = self.locate(int(idx))
+        meta, arrays = self._meta[ep], self.source.arrays(ep)
+        actions = arrays["actions"]
+        length = len(actions)
+        steps = np.arange(t, t + self.chunk_len)
+        mask = steps < length
+        chunk = actions[np.minimum(steps, length - 1)]  # (T, 4): pad by repeating the last action
+        rgb, depth = self.source.frame(ep, t, self.views)
+        sample = {
+            "rgb": torch.from_numpy(np.ascontiguousarray(rgb)),
+            "intrinsics": torch.from_numpy(np.ascontiguousarray(arrays["intrinsics"][self.views])),
+            "state": torch.from_numpy(np.ascontiguousarray(arrays["state"][t])),
+            "instruction": meta["instruction"],
+            "action": torch.from_numpy(actions[t].copy()),
+            "actions": torch.from_numpy(np.ascontiguousarray(chunk)),
+            "action_mask": torch.from_numpy(mask),
+            "episode_index": ep,
+            "task_id": int(meta["task_id"]),
+            "task": meta["task"],
+            "frame_index": t,
+        }
+        if depth is not None:
+            sample["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
+        return sample
