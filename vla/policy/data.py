@@ -1,0 +1,160 @@
+"""What training reads: a small `PolicyDataset` protocol, batching, augmentation, and a synthetic dataset.
+
+Any map-style dataset whose samples have these keys plugs in (`sim.dataset.EpisodeDataset` does):
+    rgb (V, H, W, 3) uint8, state (S,) float32, instruction str, actions (T, A) float32 (the chunk from this
+    step), action_mask (T,) bool (False on padding past the episode end); optional depth (V, H, W) float32
+    metres and intrinsics (V, 3, 3) float32 for the depth image.
+`dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics without decoding images
+when the dataset can give them directly (`all_actions()` / `all_states()`, or an EpisodeDataset's source).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from vla.errors import UserError
+
+REQUIRED_KEYS = ("rgb", "state", "instruction", "actions", "action_mask")
+
+
+@runtime_checkable
+class PolicyDataset(Protocol):
+    cameras: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def dataset_actions(ds: PolicyDataset) -> np.ndarray:
+    """Every action of the dataset, (N, A) float64, for fitting the action grid."""
+    return _columns(ds, "all_actions", "actions")
+
+
+def dataset_states(ds: PolicyDataset) -> np.ndarray:
+    return _columns(ds, "all_states", "state")
+
+
+def _columns(ds, method: str, key: str) -> np.ndarray:
+    if hasattr(ds, method):
+        return np.asarray(getattr(ds, method)(), dtype=np.float64)
+    source = getattr(ds, "source", None)
+    if source is not None and hasattr(source, "arrays") and hasattr(ds, "episode_indices"):
+        return np.concatenate([np.asarray(source.arrays(i)[key], dtype=np.float64) for i in ds.episode_indices])
+    rows = []
+    for i in range(len(ds)):  # generic fallback: decodes every sample once
+        s = ds[i]
+        v = np.asarray(s[key], dtype=np.float64)
+        rows.append(v[np.asarray(s["action_mask"], dtype=bool)][:1] if key == "actions" else v[None])
+    if not rows:
+        raise UserError("the dataset is empty")
+    return np.concatenate(rows)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch; depth/intrinsics only when every sample has them."""
+    missing = [k for k in REQUIRED_KEYS if k not in samples[0]]
+    if missing:
+        raise UserError(f"dataset samples lack keys {missing} (see vla.policy.data.PolicyDataset)")
+    t = lambda x: x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))  # noqa: E731
+    out = {k: torch.stack([t(s[k]) for s in samples]) for k in ("rgb", "state", "actions", "action_mask")}
+    out["instruction"] = [s["instruction"] for s in samples]
+    if all("depth" in s and "intrinsics" in s for s in samples):
+        out["depth"] = torch.stack([t(s["depth"]) for s in samples]).float()
+        out["intrinsics"] = torch.stack([t(s["intrinsics"]) for s in samples]).float()
+    return out
+
+
+def augment(batch: dict[str, Any], generator: torch.Generator, shift: float = 0.06,
+            jitter: float = 0.2, first: int = 0, total: int | None = None) -> dict[str, Any]:
+    """Random shift (replicate-pad then crop, the same offset for rgb and depth, intrinsics moved to match) and
+    colour jitter (brightness, contrast, saturation) on uint8 images; returns a new batch.
+
+    The random draws are made for `total` rows (default: this batch) and rows first..first+B are used, so a
+    DDP rank holding a slice of the global batch augments it exactly as one process would."""
+    rgb = batch["rgb"]
+    B, V, H, W, _ = rgb.shape
+    total = B if total is None else total
+    rows = slice(first, first + B)
+    out = dict(batch)
+    x = rgb.permute(0, 1, 4, 2, 3).float().reshape(B * V, 3, H, W)  # (BV, 3, H, W)
+    depth = batch.get("depth")
+    pad = int(round(shift * max(H, W)))
+    if pad > 0:
+        t = torch.randint(-pad, pad + 1, (total, 2), generator=generator)[rows]  # per sample (ty, tx)
+        x = _translate(x, t.repeat_interleave(V, 0))
+        if depth is not None:
+            h, w = depth.shape[-2:]
+            td = torch.stack([torch.round(t[:, 0] * h / H), torch.round(t[:, 1] * w / W)], dim=1).long()
+            d = _translate(depth.reshape(B * V, 1, h, w).float(), td.repeat_interleave(V, 0))
+            out["depth"] = d.reshape(depth.shape)
+            K = batch["intrinsics"].clone().float()  # (B, V, 3, 3) for the depth size
+            K[..., 0, 2] -= td[:, None, 1].float()  # content moves by -t: so does the principal point
+            K[..., 1, 2] -= td[:, None, 0].float()
+            out["intrinsics"] = K
+    if jitter > 0:
+        u = lambda: 1 + (torch.rand(total, V, generator=generator)[rows].reshape(B * V, 1, 1, 1) * 2 - 1) * jitter  # noqa: E731,E501
+        b, c, s = u(), u(), u()
+        x = x * b
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * c + mean
+        gray = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand_as(x)
+        x = (x - gray) * s + gray
+    out["rgb"] = x.round().clamp(0, 255).to(torch.uint8).reshape(B, V, 3, H, W).permute(0, 1, 3, 4, 2)
+    return out
+
+
+def _translate(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """out[n, :, i, j] = x[n, :, clamp(i + ty), clamp(j + tx)] for x (N, C, h, w), t (N, 2) = (ty, tx): a shift
+    with replicated borders (= replicate-pad then crop)."""
+    N, C, h, w = x.shape
+    rows = (t[:, 0, None] + torch.arange(h)[None]).clamp(0, h - 1)  # (N, h)
+    cols = (t[:, 1, None] + torch.arange(w)[None]).clamp(0, w - 1)  # (N, w)
+    n = torch.arange(N)[:, None, None]
+    return x.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, C, h, w)
+
+
+class SyntheticDataset:
+    """In-memory random samples (images, depth, states, instructions, action chunks): for tests and smoke runs.
+
+    Each sample's chunk is random, so fitting it means memorising the observation -> tokens map; the last
+    step(s) of every fourth chunk are padding (action_mask False), as at an episode's end.
+    """
+
+    def __init__(self, n: int = 32, cameras: tuple[str, ...] = ("corner",), image_size: tuple[int, int] = (32, 32),
+                 chunk_len: int = 4, action_dim: int = 4, state_dim: int = 4, depth: bool = True, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        V, (H, W) = len(cameras), image_size
+        self.cameras = tuple(cameras)
+        self.rgb = rng.integers(0, 256, (n, V, H, W, 3), dtype=np.uint8)
+        self.depth = rng.uniform(0.5, 3.0, (n, V, H, W)).astype(np.float32) if depth else None
+        f = 0.8 * max(H, W)
+        self.intrinsics = np.tile(np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], np.float32), (n, V, 1, 1))
+        self.state = rng.normal(0, 1, (n, state_dim)).astype(np.float32)
+        words = ["push the puck", "open the drawer", "press the button", "reach the goal"]
+        self.instructions = [words[i % len(words)] for i in range(n)]
+        a = np.clip(rng.normal(0, 0.4, (n, chunk_len, action_dim)), -1, 1)
+        a[..., -1] = np.where(rng.random((n, chunk_len)) < 0.5, -1.0, 1.0)  # gripper-like last dim
+        self.actions = a.astype(np.float32)
+        self.mask = np.ones((n, chunk_len), dtype=bool)
+        self.mask[::4, chunk_len // 2 + 1:] = False
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = {"rgb": torch.from_numpy(self.rgb[i]), "state": torch.from_numpy(self.state[i]),
+             "instruction": self.instructions[i], "actions": torch.from_numpy(self.actions[i]),
+             "action_mask": torch.from_numpy(self.mask[i]), "intrinsics": torch.from_numpy(self.intrinsics[i])}
+        if self.depth is not None:
+            s["depth"] = torch.from_numpy(self.depth[i])
+        return s
+
+    def all_actions(self) -> np.ndarray:
+        return self.actions[self.mask].astype(np.float64)  # (N valid steps, A)
+
+    def all_states(self) -> np.ndarray:
+        return self.state.astype(np.float64)

@@ -1,0 +1,339 @@
+"""The VLA policy: CLIP towers + Ego3D + CoOp context -> PoNet/attention head -> one token per (step, group).
+
+Token sequence per sample (N = V*P + 1 + T*G + L), one PoNet segment per camera, the state, the queries and
+the text (segment max-pooling never mixes modalities):
+
+    [cam_0 patches (P) | ... | cam_{V-1} patches | state | T*G action queries | instruction tokens (L, padded)]
+
+Decoding is parallel: one forward pass, argmax per query token, `ActionGrid.decode` -> (B, T, action_dim).
+SpatialVLA decodes its tokens autoregressively (one pass per token); here T*G tokens cost one pass.
+
+    policy = VLAPolicy.from_config(PolicyConfig.tiny())
+    actions = policy.predict(obs)          # obs: sim.schema keys, batched -> (B, T, A) float32
+    policy.save("out/policy"); VLAPolicy.load("out/policy")
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.layers import AttentionBlock, PoNetLayer
+from vla.errors import UserError
+from vla.policy.action_grid import ActionGrid
+from vla.policy.config import PolicyConfig
+from vla.policy.ego3d import Ego3DEncoding
+
+TEXT_CACHE_SIZE = 256
+
+
+def synthetic_grid(config: PolicyConfig, n: int = 4096, seed: int = 0) -> ActionGrid:
+    """A grid fitted on N(0, 0.5) actions clipped to [-1, 1] (grippers +-1): for untrained policies."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(rng.normal(0.0, 0.5, size=(n, config.action_dim)), -1, 1)
+    for g in config.groups:
+        if g["kind"] == "gripper":
+            a[:, g["dims"][0]] = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    return ActionGrid.fit(a, config.action_layout, bins=config.grid_bins, min_sigma=config.grid_min_sigma)
+
+
+def default_stats(config: PolicyConfig, grid: ActionGrid) -> dict[str, Any]:
+    """stats.json content: action bounds from the grid, identity state normalisation."""
+    grippers = {g.name: g.threshold for g in grid.groups if g.kind == "gripper"}
+    return {
+        "action": {"q01": grid.q_low.tolist(), "q99": grid.q_high.tolist(), "gripper_threshold": grippers},
+        "state": {"mean": [0.0] * config.state_dim, "std": [1.0] * config.state_dim},
+    }
+
+
+class VLAPolicy(nn.Module):
+    """See the module docstring. Build with `from_config` or `load`; `predict` is the serving entry point."""
+
+    def __init__(self, config: PolicyConfig, action_grid: ActionGrid, clip, stats: dict | None = None):
+        super().__init__()
+        from vla.prompts.coop import PromptLearner
+
+        _check_grid(config, action_grid)
+        self.config, self.action_grid = config, action_grid
+        self.stats = stats or default_stats(config, action_grid)
+        self.checkpoint: str | None = None
+        self.clip = clip
+        # PromptLearner freezes the whole CLIP; the flags below re-enable the parts we train.
+        self.prompt = PromptLearner(clip, n_ctx=config.n_ctx)
+        for p in clip.model.visual.parameters():
+            p.requires_grad_(config.vision_trainable)
+        if config.text_finetune:
+            for name, p in clip.model.named_parameters():
+                if not name.startswith("visual."):
+                    p.requires_grad_(True)
+        # The pooled/projected outputs are not used (the head reads tokens): frozen, so DDP sees no unused
+        # trainable parameters.
+        for name in ("visual.proj", "text_projection", "logit_scale", "logit_bias"):
+            p = clip.model.get_parameter(name) if _has_param(clip.model, name) else None
+            if p is not None:
+                p.requires_grad_(False)
+        hw = tuple(clip.image_size)
+        if config.image_size is None:
+            config.image_size = hw
+        elif tuple(config.image_size) != hw:
+            raise UserError(f"policy config: image_size={list(config.image_size)} does not match the CLIP "
+                            f"model {config.clip_model!r} input size {list(hw)}")
+        V, W, Wv = len(config.cameras), config.width, clip.vision_width
+        self.ego3d = Ego3DEncoding(Wv, hw, clip.patch_size[0], reso=config.ego3d_reso,
+                                   centre=config.ego3d_centre, scale=config.ego3d_scale) if config.ego3d else None
+        self.camera_embed = nn.Parameter(torch.zeros(V, Wv))
+        self.vision_proj = nn.Linear(Wv, W)
+        self.text_proj = nn.Linear(clip.text_width, W)
+        self.state_proj = nn.Linear(config.state_dim, W)
+        self.type_embed = nn.Parameter(torch.zeros(4, W))  # vision, text, state, query
+        self.queries = nn.Parameter(torch.zeros(config.chunk_len * config.n_groups, W))
+        self.layers = nn.ModuleList(
+            PoNetLayer(W, config.heads, window=config.ponet_window, ffn_mult=config.ffn_mult) if kind == "ponet"
+            else AttentionBlock(W, config.heads, ffn_mult=config.ffn_mult)
+            for kind in config.layers
+        )
+        self.heads = nn.ModuleList(nn.Linear(W, v) for v in action_grid.vocab_sizes)
+        for p in (self.camera_embed, self.type_embed, self.queries):
+            nn.init.normal_(p, std=0.02)
+        mean = torch.tensor(clip.model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))
+        std = torch.tensor(clip.model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))
+        self.register_buffer("pixel_mean", (mean * 255).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", (std * 255).view(1, 3, 1, 1), persistent=False)
+        self._text_cache: collections.OrderedDict = collections.OrderedDict()
+        self.clip.eval()
+
+    # --- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: PolicyConfig, action_grid: ActionGrid | None = None, seed: int = 0,
+                    stats: dict | None = None, device: str | torch.device = "cpu",
+                    load_pretrained: bool = True) -> VLAPolicy:
+        """A randomly initialised policy (CLIP from `config.clip_pretrained` when given); the same seed gives
+        the same weights. Without a grid, one is fitted on synthetic actions (`synthetic_grid`)."""
+        from vla.clip import load_clip
+
+        grid = action_grid if action_grid is not None else synthetic_grid(config)
+        pretrained = config.clip_pretrained if load_pretrained else None
+        clip = load_clip(config.clip_model, pretrained)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = cls(config, grid, clip, stats)
+        return policy.to(device).eval()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> VLAPolicy:
+        from vla.policy.checkpoint import load_policy
+
+        return load_policy(path, device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from vla.policy.checkpoint import save_policy
+
+        save_policy(self, path)
+
+    # --- properties --------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.queries.device
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True) -> VLAPolicy:
+        super().train(mode)
+        self.clip.eval()  # no dropout/batch-norm in the CLIP towers; keep them deterministic
+        self._text_cache.clear()  # weights may change from here on
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._text_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):
+        self._text_cache.clear()  # .to(device) / .half(): cached tokens would be on the old device/dtype
+        return super()._apply(*args, **kwargs)
+
+    def reset(self, env_ids=None) -> None:
+        """No per-environment memory in the model (chunk ensembling lives in sim.chunking / the server)."""
+
+    # --- inputs ------------------------------------------------------------------------------------------
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        s = self.stats["state"]
+        mean = torch.tensor(s["mean"], dtype=torch.float32, device=state.device)
+        std = torch.tensor(s["std"], dtype=torch.float32, device=state.device)
+        return (state.float() - mean) / std.clamp_min(1e-6)
+
+    def prepare(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Observation batch (sim.schema keys, numpy or torch) -> forward() keyword arguments on our device."""
+        return prepare_inputs(self, obs)
+
+    def _images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, V, H, W, 3) -> normalised float (B*V, 3, S, S) at the CLIP input size."""
+        B, V, H, W, _ = rgb.shape
+        x = rgb.reshape(B * V, H, W, 3).permute(0, 3, 1, 2).float()  # (BV, 3, H, W)
+        if (H, W) != tuple(self.config.image_size):
+            x = F.interpolate(x, size=tuple(self.config.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def _text(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions -> CLIP text tokens (B, L, Wt) and their mask (B, L), L = longest in the batch.
+
+        Each distinct instruction runs the text tower once; in eval mode results are cached (the same few
+        instructions recur at every control step)."""
+        use_cache = not self.training and not torch.is_grad_enabled()
+        todo = [t for t in dict.fromkeys(instructions) if not (use_cache and t in self._text_cache)]
+        fresh = {}
+        if todo:
+            out = self.prompt.encode_texts(todo)
+            n = out.mask.sum(1).tolist()
+            fresh = {t: out.tokens[i, : n[i]] for i, t in enumerate(todo)}  # (L_i, Wt)
+            if use_cache:
+                for t, v in fresh.items():
+                    self._text_cache[t] = v
+                while len(self._text_cache) > TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        rows = [fresh[t] if t in fresh else self._text_cache[t] for t in instructions]
+        L = max(r.shape[0] for r in rows)
+        tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, L, Wt)
+        lengths = torch.tensor([r.shape[0] for r in rows], device=tokens.device)
+        mask = torch.arange(L, device=tokens.device)[None, :] < lengths[:, None]
+        return tokens, mask
+
+    # --- forward -----------------------------------------------------------------------------------------
+    def forward(self, rgb: torch.Tensor, state: torch.Tensor, instructions: list[str],
+                depth: torch.Tensor | None = None, intrinsics: torch.Tensor | None = None,
+                has_depth: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """rgb uint8 (B, V, H, W, 3), state (B, S) normalised, depth (B, V, H', W') metres, intrinsics
+        (B, V, 3, 3) for the depth size -> per group logits (B, T, vocab_g)."""
+        cfg = self.config
+        B, V = rgb.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.vision_trainable):
+            _, patches = self.clip.encode_image(self._images(rgb))  # (BV, P, Wv)
+        P = patches.shape[1]
+        patches = patches.reshape(B, V, P, -1)  # (B, V, P, Wv)
+        if self.ego3d is not None:
+            d = depth[:, :, None] if depth is not None else None  # (B, V, 1, H', W')
+            patches = self.ego3d(patches, d, intrinsics, has_depth)
+        patches = patches + self.camera_embed[None, :, None, :].to(patches.dtype)
+        vis = self.vision_proj(patches.reshape(B, V * P, -1)) + self.type_embed[0]  # (B, V*P, W)
+        text, text_mask = self._text(instructions)
+        txt = self.text_proj(text.to(vis.dtype)) + self.type_embed[1]  # (B, L, W)
+        st = self.state_proj(state.to(vis.dtype))[:, None] + self.type_embed[2]  # (B, 1, W)
+        q = (self.queries + self.type_embed[3]).expand(B, -1, -1).to(vis.dtype)  # (B, T*G, W)
+        # Text goes last so its padding sits at the end of the row: PoNet's local window around the other
+        # tokens then sees the same neighbours whatever the batch's longest instruction (rows stay independent).
+        x = torch.cat([vis, st, q, txt], dim=1)  # (B, N, W)
+        L, Q = txt.shape[1], q.shape[1]
+        ones = lambda n: torch.ones(B, n, dtype=torch.bool, device=x.device)  # noqa: E731
+        mask = torch.cat([ones(V * P + 1 + Q), text_mask], dim=1)  # (B, N)
+        seg = torch.cat([torch.arange(V, device=x.device).repeat_interleave(P),
+                         torch.tensor([V] + [V + 1] * Q + [V + 2] * L, device=x.device)])
+        seg = seg[None].expand(B, -1)  # (B, N)
+        for layer in self.layers:
+            x = layer(x, mask=mask, segment_ids=seg) if isinstance(layer, PoNetLayer) else layer(x, mask=mask)
+        h = x[:, V * P + 1 : V * P + 1 + Q].reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
+        return [head(h[:, :, g]) for g, head in enumerate(self.heads)]
+
+    # --- decoding ----------------------------------------------------------------------------------------
+    @staticmethod
+    def tokens_from_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([lg.argmax(-1) for lg in logits], dim=-1)  # (B, T, G)
+
+    @torch.inference_mode()
+    def predict_tokens(self, obs: dict[str, Any]) -> torch.Tensor:
+        return self.tokens_from_logits(self(**self.prepare(obs)))
+
+    def predict(self, obs: dict[str, Any]) -> np.ndarray:
+        """Observation batch -> (B, T, action_dim) float32 actions in the raw (un-normalised) action space."""
+        tokens = self.predict_tokens(obs).cpu()
+        return np.asarray(self.action_grid.decode(tokens.numpy()), dtype=np.float32)
+
+    def metadata(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "action_layout": [{"name": g.name, "kind": g.kind, "dims": list(g.dims)} for g in self.action_grid.groups],
+            "action_dim": cfg.action_dim,
+            "chunk_len": cfg.chunk_len,
+            "cameras": list(cfg.cameras),
+            "image_size": list(cfg.image_size),
+            "state_dim": cfg.state_dim,
+            "stats": self.stats,
+            "control_hz": cfg.control_hz,
+            "model_version": cfg.model_version,
+            "checkpoint": self.checkpoint,
+            "param_count": self.param_count,
+            "vocab_sizes": list(self.action_grid.vocab_sizes),
+            "clip_model": cfg.clip_model,
+        }
+
+
+def _has_param(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _check_grid(config: PolicyConfig, grid: ActionGrid) -> None:
+    if grid.action_dim != config.action_dim:
+        raise UserError(f"action grid: action_dim {grid.action_dim} does not match the config's "
+                        f"action_dim={config.action_dim}")
+    want = [(g["name"], g["kind"], tuple(g["dims"])) for g in config.groups]
+    have = [(g.name, g.kind, tuple(g.dims)) for g in grid.groups]
+    if want != have:
+        raise UserError(f"action grid: groups {have} do not match the config's action_layout {want}")
+
+
+def _tensor(x: Any, name: str, dtype: torch.dtype | None, device) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    return t.to(device)
+
+
+def prepare_inputs(policy: VLAPolicy, obs: dict[str, Any]) -> dict[str, Any]:
+    """Validate an observation batch against the policy's config and convert it; errors name the key."""
+    cfg, dev = policy.config, policy.device
+    for key in ("rgb", "state", "instruction"):
+        if key not in obs:
+            raise UserError(f"observation is missing {key!r} (needs rgb, state, instruction; depth and "
+                            "intrinsics optional)")
+    rgb = obs["rgb"]
+    if rgb.ndim != 5 or rgb.shape[1] != len(cfg.cameras) or rgb.shape[-1] != 3:
+        raise UserError(f"observation 'rgb' must be (B, V={len(cfg.cameras)}, H, W, 3) uint8, got shape "
+                        f"{tuple(rgb.shape)}")
+    if rgb.dtype not in (torch.uint8, np.uint8):
+        raise UserError(f"observation 'rgb' must be uint8, got {rgb.dtype}")
+    B = rgb.shape[0]
+    instr = obs["instruction"]
+    instr = [instr] if isinstance(instr, str) else list(instr)
+    if len(instr) != B or not all(isinstance(t, str) for t in instr):
+        raise UserError(f"observation 'instruction' must be {B} strings, got {instr!r:.200}")
+    state = obs["state"]
+    if tuple(state.shape) != (B, cfg.state_dim):
+        raise UserError(f"observation 'state' must be (B, {cfg.state_dim}) = {(B, cfg.state_dim)}, got "
+                        f"{tuple(state.shape)}")
+    out = {"rgb": _tensor(rgb, "rgb", torch.uint8, dev), "instructions": instr,
+           "state": policy.normalize_state(_tensor(state, "state", torch.float32, dev))}
+    depth = obs.get("depth")
+    if depth is not None and policy.ego3d is not None:
+        if depth.ndim != 4 or tuple(depth.shape[:2]) != (B, len(cfg.cameras)):
+            raise UserError(f"observation 'depth' must be (B, V, H, W) = ({B}, {len(cfg.cameras)}, H, W), got "
+                            f"{tuple(depth.shape)}")
+        K = obs.get("intrinsics")
+        if K is None or tuple(K.shape) != (B, len(cfg.cameras), 3, 3):
+            raise UserError(f"observation 'intrinsics' must be (B, V, 3, 3) with depth, got "
+                            f"{None if K is None else tuple(K.shape)}")
+        out["depth"] = _tensor(depth, "depth", torch.float32, dev)
+        out["intrinsics"] = _tensor(K, "intrinsics", torch.float32, dev)
+        if obs.get("has_depth") is not None:
+            out["has_depth"] = _tensor(obs["has_depth"], "has_depth", torch.bool, dev)
+    return out

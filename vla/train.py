@@ -1,0 +1,349 @@
+"""Behaviour cloning for the VLA policy: cross-entropy over action-grid tokens, resumable, DDP-ready.
+
+    vla train --data data/mt10 --out out/train --config tiny --steps 2000 --batch-size 32
+    torchrun --nproc_per_node 2 -m vla.cli train --data data/mt10 --out out/train   # DDP (nccl or gloo)
+
+OUT/checkpoint/   latest training checkpoint (policy files + train_state.pt: optimizer, step, RNG), replaced
+                  atomically every --save-every steps; a killed run restarted with the same command resumes
+                  there (at most one interval lost).
+OUT/policy/       the final policy (`VLAPolicy.load`); OUT/metrics.jsonl one JSON line per logged step;
+OUT/loss.png      the loss curve.
+
+Determinism: the global batch of step s is a fixed function of (seed, s) (one permutation of the dataset per
+epoch) and so is the augmentation, so a resumed run sees the very batches the uninterrupted one would have
+seen; each DDP rank takes its slice of the global batch and the loss is normalised by the global token count,
+so N processes compute the gradient of one process on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from vla.errors import UserError
+from vla.files import atomic_path, write_json_atomic, write_text_atomic
+from vla.policy.action_grid import ActionGrid
+from vla.policy.checkpoint import recover_dir, write_dir_atomic, write_policy_files
+from vla.policy.config import PolicyConfig
+from vla.policy.data import PolicyDataset, augment, collate, dataset_actions, dataset_states
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 32  # global: split evenly over DDP ranks
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16) | fp32 | bf16 | fp16; CPU: fp32
+    workers: int = 0
+    augment: bool = True
+    shift: float = 0.06  # random shift, fraction of the image size
+    jitter: float = 0.2  # brightness/contrast/saturation amplitude
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UserError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.warmup_steps < 0 or self.workers < 0:
+            raise UserError(f"warmup_steps and workers must be >= 0, got {self.warmup_steps}, {self.workers}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.grad_clip > 0 and self.weight_decay >= 0):
+            raise UserError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0, weight_decay >= 0; got lr="
+                            f"{self.lr}, min_lr_ratio={self.min_lr_ratio}, grad_clip={self.grad_clip}, "
+                            f"weight_decay={self.weight_decay}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then cosine from lr down to min_lr_ratio * lr at the last step."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    span = max(tc.steps - tc.warmup_steps, 1)
+    t = min((step - tc.warmup_steps) / span, 1.0)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def global_batch_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
+    """Dataset indices of step `step`'s global batch: consecutive slices of a per-epoch permutation."""
+    out: list[int] = []
+    pos = step * batch
+    while len(out) < batch:
+        epoch, i = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        take = min(batch - len(out), n - i)
+        out += perm[i : i + take].tolist()
+        pos += take
+    return out
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """This rank's slice of every global batch from step `start` to `stop` (a batch_sampler for DataLoader)."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start: int, stop: int):
+        super().__init__()
+        if global_batch % world:
+            raise UserError(f"--batch-size {global_batch} must be a multiple of the number of processes {world}")
+        self.n, self.gb, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
+        self.start, self.stop, self.local = start, stop, global_batch // world
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            idx = global_batch_indices(step, self.n, self.gb, self.seed)
+            yield idx[self.rank * self.local : (self.rank + 1) * self.local]
+
+
+# --- distributed / device -------------------------------------------------------------------------------
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl on GPUs,
+    gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def _autocast_dtype(precision: str, dev: torch.device) -> torch.dtype | None:
+    if dev.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+def _train_state(optimizer, step: int) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return {"optimizer": optimizer.state_dict(), "step": step, "rng": rng}
+
+
+def save_training_checkpoint(folder: Path, policy, optimizer, step: int, tc: TrainConfig) -> None:
+    def write(tmp: Path) -> None:
+        write_policy_files(policy, tmp)
+        torch.save(_train_state(optimizer, step), tmp / "train_state.pt")
+        write_json_atomic(tmp / "train_config.json", asdict(tc))
+
+    write_dir_atomic(folder, write)
+
+
+def load_training_checkpoint(folder: Path, config: PolicyConfig, device: torch.device):
+    """(policy, optimizer state, step) from OUT/checkpoint; refuses a checkpoint of another architecture."""
+    from vla.policy.model import VLAPolicy
+
+    saved = json.loads((folder / "config.json").read_text())
+    want = config.to_dict()
+    ignore = {"model_version", "image_size", "clip_pretrained", "extra"}
+    diff = sorted(k for k in set(saved) | set(want) if k not in ignore and saved.get(k) != want.get(k))
+    if diff:
+        raise UserError(f"{folder} was written with another policy config (fields {diff} differ): use another "
+                        "--out, the same --config, or --no-resume to start over")
+    policy = VLAPolicy.load(folder, device=device)
+    state = torch.load(folder / "train_state.pt", map_location="cpu", weights_only=True)
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return policy, state["optimizer"], int(state["step"])
+
+
+def make_optimizer(policy, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (tensors with < 2 dims)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
+
+
+def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, device: torch.device):
+    """A fresh policy whose action grid and state statistics are fitted on the dataset."""
+    from vla.policy.model import VLAPolicy, default_stats
+
+    if tuple(dataset.cameras) != tuple(config.cameras):
+        raise UserError(f"the dataset's cameras {list(dataset.cameras)} differ from the config's cameras "
+                        f"{list(config.cameras)}")
+    grid = ActionGrid.fit(dataset_actions(dataset), config.action_layout, bins=config.grid_bins,
+                          min_sigma=config.grid_min_sigma)
+    states = dataset_states(dataset)
+    stats = default_stats(config, grid)
+    stats["state"] = {"mean": states.mean(0).tolist(), "std": np.maximum(states.std(0), 1e-3).tolist()}
+    return VLAPolicy.from_config(config, grid, seed=tc.seed, stats=stats, device=device)
+
+
+# --- one step -------------------------------------------------------------------------------------------
+def compute_loss(model, policy, batch: dict[str, Any], world: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients)."""
+    inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
+              "instructions": batch["instruction"], "depth": batch.get("depth"),
+              "intrinsics": batch.get("intrinsics")}
+    logits = model(**inputs)
+    tokens, mask = batch["tokens"], batch["action_mask"]  # (B, T, G), (B, T)
+    loss_sum = torch.zeros((), device=tokens.device)
+    correct = torch.zeros((), device=tokens.device)
+    for g, lg in enumerate(logits):
+        ce = F.cross_entropy(lg.float().flatten(0, 1), tokens[..., g].flatten(), reduction="none")
+        loss_sum = loss_sum + (ce.view(mask.shape) * mask).sum()
+        correct = correct + ((lg.argmax(-1) == tokens[..., g]) & mask).sum()
+    totals = torch.stack([loss_sum.detach(), correct.float(), mask.sum().float() * len(logits)])
+    if world > 1:
+        dist.all_reduce(totals)
+    count = totals[2].clamp_min(1)
+    loss = loss_sum / count * world
+    return loss, {"loss": float(totals[0] / count), "token_acc": float(totals[1] / count)}
+
+
+def _to_device(batch: dict[str, Any], policy, tc: TrainConfig, step: int, rank: int, dev) -> dict[str, Any]:
+    batch = dict(batch)
+    batch["tokens"] = policy.action_grid.encode(batch["actions"])  # (B, T, G) int64
+    if tc.augment:
+        g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+        B = batch["rgb"].shape[0]
+        batch = augment(batch, g, shift=tc.shift, jitter=tc.jitter, first=rank * B, total=tc.batch_size)
+    return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLike, tc: TrainConfig,
+          resume: bool = True, on_step=None) -> dict[str, Any]:
+    """Train (or resume) and write OUT/policy; returns a summary. `on_step(step, record)` is called after
+    every step (rank 0), e.g. to stop early."""
+    from tqdm import tqdm
+
+    rank, world, dev = setup_distributed(tc.device)
+    out = Path(out_dir)
+    ckpt = out / "checkpoint"
+    found = recover_dir(ckpt) if resume else None
+    if found is not None:
+        policy, opt_state, start = load_training_checkpoint(found, config, dev)
+        log.info("resuming from %s at step %d", found, start)
+    else:
+        policy, opt_state, start = build_policy(config, dataset, tc, dev), None, 0
+    policy.train()
+    optimizer = make_optimizer(policy, tc)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    amp = _autocast_dtype(tc.precision, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    sampler = StepBatchSampler(len(dataset), tc.batch_size, rank, world, tc.seed, start, tc.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tc.workers,
+                                         collate_fn=collate, pin_memory=dev.type == "cuda")
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start)
+    bar = tqdm(total=tc.steps, initial=start, disable=rank != 0 or not tc.progress, desc="train", unit="step")
+    t0, rec, step = time.perf_counter(), {}, start
+    for step, batch in zip(range(start, tc.steps), loader):
+        lr = lr_at(step, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = _to_device(batch, policy, tc, step, rank, dev)
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, rec = compute_loss(model, policy, batch, world)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        done = step + 1
+        rec = {"step": done, **rec, "lr": lr, "grad_norm": float(gnorm),
+               "samples_per_s": tc.batch_size * (done - start) / (time.perf_counter() - t0)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['token_acc']:.3f}")
+        if rank == 0 and (done % tc.log_every == 0 or done == tc.steps):
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if done % tc.save_every == 0 or done == tc.steps:
+            if rank == 0:
+                save_training_checkpoint(ckpt, policy, optimizer, done, tc)
+                plot_losses(metrics_path, out / "loss.png")
+            if world > 1:
+                dist.barrier()
+        if on_step is not None and rank == 0:
+            on_step(done, rec)
+    bar.close()
+    if rank == 0:
+        policy.config.model_version = f"trained-{tc.steps}steps"
+        policy.eval().save(out / "policy")
+        plot_losses(metrics_path, out / "loss.png")
+    return {"steps": tc.steps, "start_step": start, "world_size": world, "param_count": policy.param_count,
+            "last": rec, "out": str(out)}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines past `step` (a run killed after its last checkpoint logged steps that will be redone)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+def plot_losses(metrics_path: Path, png: Path) -> None:
+    """Loss and token accuracy against step (matplotlib Agg, written atomically)."""
+    if not metrics_path.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    if not recs:
+        return
+    steps = [r["step"] for r in recs]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in recs], label="loss (CE / token)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["token_acc"] for r in recs], color="tab:orange", label="token accuracy")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("token accuracy")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train_config_from_args(args) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
