@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,7 @@ class EvalConfig:
 
 
 def load_policy(spec: str, *, seed: int = 0) -> schema.Policy:
-    """Hook from a command-line policy spec to a Policy: 'expert', 'random', 'server:HOST:PORT' or a checkpoint.
-
-    Checkpoints and servers are wired by the policy and serving packages; extend this function there.
-    """
+    """A command-line policy spec -> Policy: 'expert', 'random', 'server:HOST:PORT' or a checkpoint folder."""
     from sim.policies import ExpertPolicy, RandomPolicy
 
     if spec == "expert":
@@ -75,8 +73,15 @@ def load_policy(spec: str, *, seed: int = 0) -> schema.Policy:
     if spec == "random":
         return RandomPolicy(seed=seed)
     if spec.startswith("server:"):
-        raise UserError(f"--server {spec[len('server:'):]}: evaluation through the gRPC server is not wired yet")
-    raise UserError(f"--policy {spec!r}: only 'expert' and 'random' are supported until checkpoints are wired")
+        from vla.client import RemoteSimPolicy
+
+        return RemoteSimPolicy(spec[len("server:"):], token=os.environ.get("VLA_TOKEN"))
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise UserError(f"--policy {spec!r}: not 'expert', 'random' or a checkpoint folder (with config.json)")
+    from vla.policy import VLAPolicy
+
+    return VLAPolicy.load(path)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -1,0 +1,176 @@
+"""PolicyService: decode -> batcher -> policy -> encode. Unary Predict, streaming sessions, model metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from sim.chunking import ChunkEnsembler, ChunkQueue
+from vla._proto.v1 import policy_pb2 as ppb
+from vla._proto.v1 import policy_pb2_grpc
+from vla._proto.v1 import tensor_pb2 as tpb
+from vla.serving.batcher import BatchResult, DynamicBatcher
+from vla.serving.codec import FieldError, to_tensor
+from vla.serving.metrics import Metrics
+from vla.serving.rpc import Malformed, abort_for, deadline_of, status_of, unary
+from vla.serving.validation import ObservationSpec, check_session, needs_decoding, parse_observation
+
+
+def _layout_names(layout: Any, action_dim: int) -> list[str]:
+    if isinstance(layout, str):
+        return [layout] if action_dim == 1 else [f"{layout}[{i}]" for i in range(action_dim)]
+    if isinstance(layout, dict):
+        return [str(k) for k in layout]
+    if isinstance(layout, (list, tuple)):
+        names: list[str] = []
+        for x in layout:  # groups {"name", "dims"} (vla.policy.action_grid) expand to one name per dim
+            if isinstance(x, dict) and len(x.get("dims", ())) > 1:
+                names += [f"{x['name']}[{i}]" for i in range(len(x["dims"]))]
+            else:
+                names.append(str(x.get("name", x)) if isinstance(x, dict) else str(x))
+        return names
+    return []
+
+
+def _flat_stats(stats: Any, prefix: str = "") -> dict[str, tpb.Tensor]:
+    """Numeric leaves of a nested stats dict -> {"a.b": float32 Tensor}; the full dict is in metadata_json."""
+    out: dict[str, tpb.Tensor] = {}
+    if isinstance(stats, dict):
+        for k, v in stats.items():
+            out.update(_flat_stats(v, f"{prefix}{k}."))
+        return out
+    try:
+        arr = np.asarray(stats, dtype=np.float32)
+    except (TypeError, ValueError):
+        return out
+    if arr.dtype == np.float32 and prefix:
+        out[prefix[:-1]] = to_tensor(arr)
+    return out
+
+
+def model_info(meta: dict[str, Any], max_batch: int) -> ppb.ModelInfo:
+    """The policy's metadata() -> ModelInfo (typed fields for clients, the whole dict as JSON)."""
+    h, w = (list(meta.get("image_size") or [0, 0]) + [0, 0])[:2]
+    intr = meta.get("intrinsics") or {}
+    cams = []
+    for name in meta.get("cameras") or ():
+        cam = ppb.CameraInfo(name=name, height=int(h), width=int(w))
+        if name in intr:
+            cam.intrinsics.CopyFrom(to_tensor(np.asarray(intr[name], np.float32)))
+        cams.append(cam)
+    hz = meta.get("control_hz")
+    return ppb.ModelInfo(
+        action_layout=_layout_names(meta.get("action_layout"), int(meta.get("action_dim", 0))),
+        action_dim=int(meta.get("action_dim", 0)), chunk_len=int(meta.get("chunk_len", 0)),
+        control_hz=float(hz) if hz else 0.0, cameras=cams, state_dim=int(meta.get("state_dim", 0)),
+        stats=_flat_stats(meta.get("stats") or {}), model_version=str(meta.get("model_version") or ""),
+        checkpoint=str(meta.get("checkpoint") or ""), param_count=int(meta.get("param_count") or 0),
+        uses_depth=bool(meta.get("uses_depth", False)), uses_intrinsics=bool(meta.get("uses_intrinsics", False)),
+        max_batch=max_batch, metadata_json=json.dumps(meta, default=str, sort_keys=True))
+
+
+def _timing(t0: float, parse_s: float, res: BatchResult | None) -> tpb.Timing:
+    total = (time.perf_counter() - t0) * 1e3
+    if res is None:
+        return tpb.Timing(preprocess_ms=parse_s * 1e3, total_ms=total)
+    return tpb.Timing(queue_ms=res.queue_s * 1e3, preprocess_ms=(parse_s + res.collate_s) * 1e3,
+                      model_ms=res.model_s * 1e3, total_ms=total, batch_size=res.batch_size)
+
+
+class _Session:
+    """Per-stream state: step counter and the chunk executor (sim.chunking), configured by SessionConfig."""
+
+    def __init__(self, action_dim: int):
+        self.action_dim = action_dim
+        self.step = 0
+        self.runner: ChunkQueue | ChunkEnsembler | None = None
+
+    def configure(self, cfg: ppb.SessionConfig) -> None:
+        horizon, ensemble, coef = check_session(cfg)
+        self.step = 0
+        if ensemble:
+            self.runner = ChunkEnsembler(1, self.action_dim, coef)
+        elif horizon:
+            self.runner = ChunkQueue(1, horizon, self.action_dim)
+        else:
+            self.runner = None
+
+    def needs_chunk(self) -> bool:
+        return self.runner is None or bool(self.runner.needs_chunk()[0])
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, policy: Any, batcher: DynamicBatcher, metrics: Metrics, spec: ObservationSpec,
+                 decode_pool: Executor, max_batch: int):
+        self.policy, self.batcher, self.metrics, self.spec = policy, batcher, metrics, spec
+        self.decode_pool = decode_pool
+        meta = policy.metadata()
+        self.action_dim = int(meta["action_dim"])
+        self.info = model_info(meta, max_batch)
+
+    async def _parse(self, request: ppb.PredictRequest) -> dict[str, Any]:
+        if not request.HasField("observation"):
+            raise FieldError("observation", "missing")
+        if needs_decoding(request.observation):  # PNG/JPEG decoding is CPU work: keep it off the event loop
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.decode_pool, parse_observation, request.observation, self.spec)
+        return parse_observation(request.observation, self.spec)
+
+    @unary("Predict")
+    async def Predict(self, request, context):
+        t0 = time.perf_counter()
+        deadline = deadline_of(context)
+        obs = await self._parse(request)
+        parse_s = time.perf_counter() - t0
+        res = await self.batcher.submit(obs, deadline)
+        return ppb.PredictResponse(actions=to_tensor(res.actions), timing=_timing(t0, parse_s, res),
+                                   request_id=request.request_id)
+
+    async def StreamPredict(self, request_iterator, context):
+        session = _Session(self.action_dim)
+        first = True
+        async for request in request_iterator:
+            t0 = time.perf_counter()
+            code = "OK"
+            try:
+                await context.write(await self._step(session, request, first, context, t0))
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as e:
+                code = status_of(e).name
+                await abort_for(context, "StreamPredict", e)
+            finally:
+                self.metrics.record("StreamPredict", code, time.perf_counter() - t0)
+            first = False
+
+    async def _step(self, session: _Session, request, first: bool, context, t0: float) -> ppb.PredictResponse:
+        if isinstance(request, Malformed):
+            request.raise_error()
+        if first or request.reset:
+            session.configure(request.session)
+        deadline = deadline_of(context)
+        obs = await self._parse(request)
+        parse_s = time.perf_counter() - t0
+        res = None
+        if session.needs_chunk():
+            res = await self.batcher.submit(obs, deadline)
+            if session.runner is not None:
+                session.runner.add(res.actions[None])  # (1, T, A)
+        reply = ppb.PredictResponse(step=session.step, request_id=request.request_id)
+        if res is not None:
+            reply.actions.CopyFrom(to_tensor(res.actions))
+        if session.runner is not None:
+            reply.action.CopyFrom(to_tensor(session.runner.pop()[0]))
+        session.step += 1
+        reply.timing.CopyFrom(_timing(t0, parse_s, res))
+        return reply
+
+    @unary("GetModelInfo")
+    async def GetModelInfo(self, request, context):
+        return self.info
