@@ -183,6 +183,19 @@ def resolve_model_name(model_name: str, pretrained: str | None) -> str:
     return model_name
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists here, or a UserError naming the bad value."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r} is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load_clip(
     model_name: str = "vla-tiny",
     pretrained: str | os.PathLike | None = None,
@@ -193,6 +206,7 @@ def load_clip(
 
     The model is returned in eval mode; local files are loaded strictly (a key mismatch names the keys).
     """
+    device = check_device(device)
     model_name = resolve_model_name(model_name, None if pretrained is None else str(pretrained))
     local = is_local_weights(pretrained)
     tag = None if (pretrained is None or local) else str(pretrained)

@@ -101,3 +101,11 @@ def test_token_outputs(tiny_clip, inputs):
     # mask: SOS + words + EOT are valid, padding is not
     assert text.mask[0].tolist() == [True] * 5 + [False] * 27  # "a robot arm" = 3 words
     assert text.mask[1].sum().item() == 2 + 6
+
+
+def test_bad_device_is_named():
+    with pytest.raises(UserError, match="'gpu' is not a torch device"):
+        load_clip("vla-tiny", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            load_clip("vla-tiny", device="cuda")

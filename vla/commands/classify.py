@@ -21,7 +21,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--classes", help="comma-separated class names")
     g.add_argument("--classes-file", help="class names, one per line or a JSON list")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
 
 
 def register(sub) -> None:
