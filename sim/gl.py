@@ -30,8 +30,18 @@ def _works(backend: str) -> bool:
     return proc.returncode == 0
 
 
+def _preload_triton() -> None:
+    """Load triton's native library before MuJoCo creates an EGL context in this process: loading it afterwards
+    segfaults (triton 3.8 + Mesa EGL; seen when `vla demo` rendered scenes, then imported the kernels)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
+
 def configure() -> str:
     """Set MUJOCO_GL (and PYOPENGL_PLATFORM) if unset; return the back-end in use."""
+    _preload_triton()
     chosen = os.environ.get("MUJOCO_GL")
     if chosen:
         if chosen in ("egl", "osmesa"):

@@ -130,8 +130,9 @@ class PolicyConfig:
 
     @classmethod
     def default(cls, **overrides: Any) -> PolicyConfig:
-        """The default model: vla-small CLIP at the simulator's 128 px, a 4-layer head (see docs/benchmarks.md
-        for its CPU latency; sized to answer one observation in < 30 ms p50 on 2 CPU cores)."""
+        """The default model: vla-small CLIP (112 px, 4 vision layers: the 128 px / 6-layer tower cost ~34 ms of
+        one core per observation, this one ~20-27 ms; the simulator's 128 px frames are resized) and a 4-layer
+        head; sized to answer one observation in < 30 ms p50 on 2 CPU cores (scripts/train_default.py)."""
         base = dict(clip_model="vla-small", cameras=("corner",), chunk_len=4, width=128, heads=4,
                     layers=("ponet", "ponet", "attn", "ponet"), ffn_mult=2, n_ctx=4)
         return cls(**{**base, **overrides})
