@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from sim.schema import MT10  # noqa: E402  (after the sys.path line)
+
 log = logging.getLogger("vla.train_default")
 
 
@@ -63,8 +65,6 @@ class Preset:
     workers: int = 2
 
 
-MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
 PRESETS = {
     "default": Preset(tasks=MT10, episodes=20),
     # Seconds, not quality: proves every stage and the export end to end (tests/demo uses it).
