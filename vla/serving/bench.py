@@ -1,18 +1,21 @@
 """`vla bench serve`: latency and throughput of the gRPC service over loopback, next to the same model in-process.
 
-    vla bench serve                                   # noop + tiny, 128 px RGB-D, 1/8/32 clients, unary+stream
-    vla bench serve --policy noop --configs 128,224,128x2 --duration 3 --output out/bench_serve.json
+    vla bench serve                                   # bare + noop + tiny, 128 px RGB-D, 1/8/32 clients
+    vla bench serve --policy bare,noop --configs 128,224,128x2 --duration 3 --output out/bench_serve.json
+    vla bench serve --policy bare,noop --clients 1,8 --pin --load-procs 2   # server and clients on own cores
 
-The server runs in its own process (`vla serve --port 0`), the load generator (grpc.aio, one channel per client,
-requests encoded once up front) in this one. Each client sends its next request when the previous answer arrives.
-The in-process figures time `policy.predict` on batches of 1 and `max_batch` in this process, so the serving
-overhead is a ratio measured in one run on one machine.
+The server runs in its own process (`vla serve --port 0`), the load generator (vla.serving.loadgen: grpc.aio, one
+channel per client, the request serialized once up front) in this one or in `--load-procs` worker processes.
+`bare` is grpcio alone (vla.serving.bare: a generic handler answering fixed bytes, nothing parsed), driven by the
+same load generator in the same run, so `vs_bare` is our latency/throughput over the transport's own. The
+in-process figures time `policy.predict` on batches of 1 and `max_batch`, so the overhead over the model is a ratio
+measured in one run on one machine too. `--pin` puts the server on the first `--server-cpus` CPUs of this
+process's affinity and the load generator on the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -30,7 +33,8 @@ CONFIGS = {"128": (128, 1), "224": (224, 1), "128x2": (128, 2)}  # name -> (imag
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="vla bench serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="noop,tiny", help="comma list of noop | tiny | CHECKPOINT (default noop,tiny)")
+    p.add_argument("--policy", default="bare,noop,tiny",
+                   help="comma list of bare | noop | tiny | CHECKPOINT (default bare,noop,tiny)")
     p.add_argument("--configs", default="128", help=f"comma list of {sorted(CONFIGS)} (default 128: RGB-D, 1 camera)")
     p.add_argument("--clients", default="1,8,32", help="concurrent clients (default 1,8,32)")
     p.add_argument("--modes", default="unary,stream", help="unary,stream")
@@ -38,6 +42,12 @@ def parse_args(argv):
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per measurement")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (default 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every measurement this many times, interleaved; report medians (default 1)")
+    p.add_argument("--load-procs", type=int, default=0,
+                   help="load-generator processes (default 0: this process); clients are split between them")
+    p.add_argument("--pin", action="store_true", help="pin server and load generator to different CPUs")
+    p.add_argument("--server-cpus", type=int, default=1, help="with --pin: CPUs given to the server (default 1)")
     p.add_argument("--output", help="write all results as JSON here")
     return p.parse_args(argv)
 
@@ -81,20 +91,37 @@ def in_process(policy, obs: dict[str, Any], max_batch: int, seconds: float) -> d
     return res
 
 
+def noop_reply(chunk_len: int = 4, action_dim: int = 4) -> bytes:
+    """What the noop server answers (a zero chunk, timing zeros): the bare server's fixed reply."""
+    from vla._proto.v1 import policy_pb2, tensor_pb2
+    from vla.serving.codec import to_tensor
+
+    return policy_pb2.PredictResponse(actions=to_tensor(np.zeros((chunk_len, action_dim), np.float32)),
+                                      timing=tensor_pb2.Timing(batch_size=1)).SerializeToString()
+
+
 class ServerProcess:
-    def __init__(self, spec: str, size: int, cameras: int, max_batch: int, threads: int):
+    """`vla serve` (or the bare baseline) in its own process, optionally pinned to `cpus`."""
+
+    def __init__(self, spec: str, size: int, cameras: int, max_batch: int, threads: int,
+                 cpus: list[int] | None = None):
         self.tmp = tempfile.TemporaryDirectory()
         ready = Path(self.tmp.name) / "port"
-        cmd = [sys.executable, "-m", "vla.commands.serve", "--port", "0", "--ready-file", str(ready),
-               "--max-batch", str(max_batch), "--threads", str(threads)]
-        if spec in ("noop", "tiny"):
-            cmd += ["--policy", spec]
+        if spec == "bare":
+            cmd = [sys.executable, "-m", "vla.serving.bare", "--port", "0", "--ready-file", str(ready),
+                   "--reply-hex", noop_reply().hex()]
         else:
-            cmd += ["--checkpoint", spec]
-        names = ["corner", "corner2", "corner3", "topview"][:cameras]
-        cmd += ["--noop-cameras", ",".join(names), "--noop-image-size", str(size)]
+            cmd = [sys.executable, "-m", "vla.commands.serve", "--port", "0", "--ready-file", str(ready),
+                   "--max-batch", str(max_batch), "--threads", str(threads)]
+            if spec in ("noop", "tiny"):
+                cmd += ["--policy", spec]
+            else:
+                cmd += ["--checkpoint", spec]
+            names = ["corner", "corner2", "corner3", "topview"][:cameras]
+            cmd += ["--noop-cameras", ",".join(names), "--noop-image-size", str(size)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen(cmd, env=env)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: every thread inherits it
+        self.proc = subprocess.Popen(cmd, env=env, preexec_fn=pin)
         end = time.monotonic() + 120
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > end:
@@ -113,104 +140,127 @@ class ServerProcess:
         self.tmp.cleanup()
 
 
-async def _load(address: str, request, mode: str, clients: int, warmup: float, duration: float) -> dict[str, Any]:
-    import grpc
-
-    from vla._proto.v1 import policy_pb2_grpc
-
-    lat: list[float] = []
-    errors = {"n": 0}
-    t_start = time.perf_counter() + warmup
-    t_end = t_start + duration
-
-    async def one(channel):
-        stub = policy_pb2_grpc.PolicyServiceStub(channel)
-        call = stub.StreamPredict() if mode == "stream" else None
-        while True:
-            t = time.perf_counter()
-            if t >= t_end:
-                break
-            try:
-                if call is None:
-                    await stub.Predict(request, timeout=30)
-                else:
-                    await call.write(request)
-                    await call.read()
-            except grpc.aio.AioRpcError:
-                errors["n"] += 1
-                continue
-            if t >= t_start:
-                lat.append(time.perf_counter() - t)
-        if call is not None:
-            await call.done_writing()
-
-    channels = [grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                            ("grpc.max_send_message_length", 64 << 20)])
-                for _ in range(clients)]
-    await asyncio.gather(*(one(c) for c in channels))
-    for c in channels:
-        await c.close()
-    ms = np.array(lat) * 1e3
-    return {"mode": mode, "clients": clients, "calls": len(lat), "calls_per_s": len(lat) / duration,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None, "errors": errors["n"]}
-
-
-def bench_config(spec: str, cname: str, args) -> list[dict[str, Any]]:
+def bench_config(spec: str, cname: str, args, load, server_cpus) -> list[dict[str, Any]]:
     from vla._proto.v1 import policy_pb2
     from vla.client import observation_message
 
     size, cams = CONFIGS[cname]
     obs = make_obs(size, cams)
     names = ["corner", "corner2", "corner3", "topview"][:cams]
-    server = ServerProcess(spec, size, cams, args.max_batch, args.server_threads)
+    server = ServerProcess(spec, size, cams, args.max_batch, args.server_threads, server_cpus)
     try:
-        if spec != "noop":  # a served checkpoint names its own cameras
+        if spec not in ("noop", "bare"):  # a served checkpoint names its own cameras
             from vla.client import RemotePolicy
 
             with RemotePolicy(f"127.0.0.1:{server.port}") as rp:
                 names = rp.info()["cameras"]
                 obs = make_obs(size, len(names))
-        request = policy_pb2.PredictRequest(observation=observation_message(obs, names))
+        request = policy_pb2.PredictRequest(observation=observation_message(obs, names)).SerializeToString()
         rows = []
         for mode in args.modes.split(","):
             for clients in (int(c) for c in args.clients.split(",")):
-                r = asyncio.run(_load(f"127.0.0.1:{server.port}", request, mode, clients, args.warmup, args.duration))
-                rows.append({"policy": spec, "config": cname, **r})
+                r = load.run(f"127.0.0.1:{server.port}", request, mode, clients, args.warmup, args.duration)
+                rows.append({"policy": spec, "config": cname, "load_procs": args.load_procs, "pinned": args.pin, **r})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         server.close()
+    return rows
+
+
+def add_in_process(rows: list[dict[str, Any]], spec: str, cname: str, args) -> None:
+    """The same policy on the same observation in this process: serving overhead as a ratio."""
+    if spec == "bare":
+        return
+    size, cams = CONFIGS[cname]
     policy = load_policy(spec)
-    local = in_process(policy, obs, args.max_batch, min(args.duration, 2.0))
+    if spec != "noop":  # a checkpoint names its own cameras
+        cams = len(policy.metadata().get("cameras") or [None] * cams)
+    local = in_process(policy, make_obs(size, cams), args.max_batch, min(args.duration, 2.0))
     for r in rows:
         r.update({f"inproc_{k}": v for k, v in local.items()})
         if r["p50_ms"]:
             r["overhead_x"] = r["p50_ms"] / local["p50_ms_b1"] if local["p50_ms_b1"] > 0 else None
             r["throughput_vs_inproc_bmax"] = r["calls_per_s"] / local["rows_per_s_bmax"]
-    return rows
+
+
+def median_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of several rounds -> one row per measurement: median p50/p99/calls/s, errors and calls summed."""
+    out = []
+    for same in zip(*rounds):
+        row = dict(same[0])
+        for k in ("p50_ms", "p99_ms", "calls_per_s"):
+            vals = [r[k] for r in same if r[k] is not None]
+            row[k] = float(np.median(vals)) if vals else None
+        row["errors"] = sum(r["errors"] for r in same)
+        row["calls"] = sum(r["calls"] for r in same)
+        row["rounds"] = len(same)
+        out.append(row)
+    return out
+
+
+def add_bare_ratios(rows: list[dict[str, Any]]) -> None:
+    """p50 and calls/s of every row over the bare row of the same config, mode and clients (same run)."""
+    bare = {(r["config"], r["mode"], r["clients"]): r for r in rows if r["policy"] == "bare"}
+    for r in rows:
+        b = bare.get((r["config"], r["mode"], r["clients"]))
+        if b and r["p50_ms"] and b["p50_ms"] and b["calls_per_s"]:
+            r["p50_vs_bare"] = r["p50_ms"] / b["p50_ms"]
+            r["calls_vs_bare"] = r["calls_per_s"] / b["calls_per_s"]
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| policy | obs | mode | clients | p50 ms | p99 ms | calls/s | errors | in-process p50 ms (B=1) | "
-            "in-process rows/s (B=32) | calls/s / in-process |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| policy | obs | mode | clients | p50 ms | p99 ms | calls/s | errors | p50 / bare | calls/s / bare | "
+            "in-process p50 ms (B=1) | in-process rows/s (B=32) | calls/s / in-process |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['policy']} | {r['config']} px RGB-D | {r['mode']} | {r['clients']} | {r['p50_ms']:.3f} | "
-                     f"{r['p99_ms']:.3f} | {r['calls_per_s']:.0f} | {r['errors']} | {r['inproc_p50_ms_b1']:.3f} | "
-                     f"{r['inproc_rows_per_s_bmax']:.0f} | {r['throughput_vs_inproc_bmax']:.2f} |")
+        g = r.get
+        lines.append(f"| {r['policy']} | {r['config']} px RGB-D | {r['mode']} | {r['clients']} | "
+                     f"{_fmt(g('p50_ms'), '.3f')} | {_fmt(g('p99_ms'), '.3f')} | {r['calls_per_s']:.0f} | "
+                     f"{r['errors']} | {_fmt(g('p50_vs_bare'), '.2f')} | {_fmt(g('calls_vs_bare'), '.2f')} | "
+                     f"{_fmt(g('inproc_p50_ms_b1'), '.4f')} | {_fmt(g('inproc_rows_per_s_bmax'), '.0f')} | "
+                     f"{_fmt(g('throughput_vs_inproc_bmax'), '.2f')} |")
     return "\n".join(lines)
 
 
+def split_cpus(pin: bool, server_cpus: int) -> tuple[list[int] | None, list[int] | None]:
+    """--pin: (server CPUs, load-generator CPUs) from this process's affinity; else (None, None)."""
+    if not pin:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) <= server_cpus or server_cpus < 1:
+        raise SystemExit(f"vla bench serve: --pin needs more than --server-cpus {server_cpus} CPUs; this process "
+                         f"may use {cpus}")
+    return cpus[:server_cpus], cpus[server_cpus:]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from vla.serving.loadgen import LoadGenerator
+
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for c in args.configs.split(","):
         if c not in CONFIGS:
             raise SystemExit(f"vla bench serve: unknown config {c!r}; choose from {sorted(CONFIGS)}")
-    rows = []
-    for spec in args.policy.split(","):
-        for cname in args.configs.split(","):
-            rows.extend(bench_config(spec, cname, args))
+    if args.load_procs < 0 or args.rounds < 1:
+        raise SystemExit(f"vla bench serve: --load-procs {args.load_procs} must be >= 0, --rounds {args.rounds} >= 1")
+    server_cpus, load_cpus = split_cpus(args.pin, args.server_cpus)
+    load = LoadGenerator(args.load_procs, load_cpus)
+    jobs = [(spec, cname) for spec in args.policy.split(",") for cname in args.configs.split(",")]
+    rounds: list[list[dict[str, Any]]] = []
+    try:
+        for _ in range(args.rounds):  # rounds interleave bare and ours, so slow phases of a shared machine hit both
+            rounds.append([r for spec, cname in jobs for r in bench_config(spec, cname, args, load, server_cpus)])
+    finally:
+        load.close()
+    rows = median_rounds(rounds)
+    for spec, cname in jobs:
+        add_in_process([r for r in rows if r["policy"] == spec and r["config"] == cname], spec, cname, args)
+    add_bare_ratios(rows)
     print(markdown(rows))
     if args.output:
         from vla.files import atomic_path

@@ -60,27 +60,36 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
 def from_tensor(t: pb.Tensor, field: str, dtypes: tuple[int, ...] | None = None,
                 shape: tuple[int | None, ...] | None = None, finite: bool = False) -> np.ndarray:
     """Tensor -> read-only numpy view, checked: dtype in `dtypes`, shape matching `shape` (None = any size in
-    that dim), byte count, and (for floats, with finite=True) no NaN/inf."""
-    if t.dtype not in DTYPES:
-        raise FieldError(f"{field}.dtype", f"{dtype_name(t.dtype)} is not a known dtype")
-    if dtypes is not None and t.dtype not in dtypes:
+    that dim), byte count, and (for floats, with finite=True) no NaN/inf. Each field is read from the message
+    once (a protobuf bytes access is a copy); messages are built only on the error path."""
+    code = t.dtype
+    dt = DTYPES.get(code)
+    if dt is None:
+        raise FieldError(f"{field}.dtype", f"{dtype_name(code)} is not a known dtype")
+    if dtypes is not None and code not in dtypes:
         want = " or ".join(dtype_name(d) for d in dtypes)
-        raise FieldError(f"{field}.dtype", f"expected {want}, got {dtype_name(t.dtype)}")
-    dims = tuple(t.shape)
-    if len(dims) > MAX_NDIM or any(d < 0 for d in dims):
+        raise FieldError(f"{field}.dtype", f"expected {want}, got {dtype_name(code)}")
+    dims = tuple(t.shape[:])  # (slicing first: 0.9 us instead of 1.7 us for tuple() of the repeated field)
+    if len(dims) > MAX_NDIM or (dims and min(dims) < 0):
         raise FieldError(f"{field}.shape", f"invalid shape {list(dims)}")
-    if shape is not None and (len(dims) != len(shape) or any(w is not None and w != d for w, d in zip(shape, dims))):
+    if shape is not None and dims != shape and (len(dims) != len(shape) or any(
+            w is not None and w != d for w, d in zip(shape, dims))):
         want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
         raise FieldError(f"{field}.shape", f"expected {want}, got {tuple(dims)}")
-    dt = DTYPES[t.dtype]
+    data = t.data
     n = math.prod(dims)
-    if n * dt.itemsize != len(t.data):
-        raise FieldError(f"{field}.data", f"{len(t.data)} bytes, shape {tuple(dims)} of {dt.name} needs "
+    if n * dt.itemsize != len(data):
+        raise FieldError(f"{field}.data", f"{len(data)} bytes, shape {tuple(dims)} of {dt.name} needs "
                                           f"{n * dt.itemsize}")
-    arr = np.frombuffer(t.data, dtype=dt).reshape(dims)
-    if finite and dt.kind == "f" and not np.isfinite(arr).all():
+    arr = np.frombuffer(data, dtype=dt).reshape(dims)
+    if finite and dt.kind == "f" and not _all_finite(arr, n):
         raise FieldError(field, "contains NaN or infinity")
     return arr
+
+
+def _all_finite(arr: np.ndarray, n: int) -> bool:
+    # a few values (state, intrinsics): plain floats beat a ufunc call and a reduction (0.8 us vs 3 us for 9)
+    return all(map(math.isfinite, arr.ravel().tolist())) if n <= 64 else bool(np.isfinite(arr).all())
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "raw", quality: int = 95) -> pb.Image:

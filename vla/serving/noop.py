@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -15,6 +15,9 @@ class NoopPolicy:
     chunk_len: int = 4
     action_dim: int = 4
     state_dim: int = 4
+    # predict is a np.zeros: the batcher may run it on the event loop (no model-thread hop), so a noop server
+    # measures decode + RPC + encode alone. Real policies never set this.
+    serve_inline: ClassVar[bool] = True
 
     def __post_init__(self):
         for name in ("image_size", "chunk_len", "action_dim", "state_dim"):

@@ -4,9 +4,10 @@
     vla serve --policy noop --port 0               # serving layer alone (zero chunks)
     vla serve --checkpoint DIR --host 0.0.0.0 --token "$TOKEN" --tls-cert cert.pem --tls-key key.pem
 
-Everything RPC-facing runs on one asyncio loop; forward passes run on the batcher's model thread, PNG/JPEG decoding
-on a small pool. SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones finish (up to
-`grace_s`), then the batcher drains and the process exits.
+Everything RPC-facing runs on one asyncio loop; forward passes run on the batcher's model thread (except a policy
+that sets `serve_inline = True`: the noop policy, whose predict is a np.zeros), PNG/JPEG decoding on a small pool.
+SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones finish (up to `grace_s`), then the
+batcher drains and the process exits.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class PolicyServer:
         self.batcher = self.decode_pool = self.vision_servicer = None
         if self.policy is not None:
             self.batcher = DynamicBatcher(self.policy.predict, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                          max_queue=cfg.max_queue, metrics=self.metrics)
+                                          max_queue=cfg.max_queue, metrics=self.metrics,
+                                          inline=bool(getattr(self.policy, "serve_inline", False)))
             self.decode_pool = concurrent.futures.ThreadPoolExecutor(cfg.decode_threads, "vla-decode")
             spec = ObservationSpec.from_metadata(self.policy.metadata())
             servicer = PolicyServicer(self.policy, self.batcher, self.metrics, spec, self.decode_pool, cfg.max_batch)

@@ -69,7 +69,7 @@ def parse_observation(obs_msg, spec: ObservationSpec, field: str = "observation"
         rgbs.append(rgb)
         depths.append(_depth(cam, cf, size) if cam.HasField("depth") else None)
         Ks.append(_intrinsics(cam.intrinsics, f"{cf}.intrinsics") if cam.HasField("intrinsics") else None)
-    obs: dict[str, Any] = {"rgb": np.stack(rgbs)}  # (V, H, W, 3)
+    obs: dict[str, Any] = {"rgb": _stack(rgbs)}  # (V, H, W, 3)
     for key, vals in (("depth", depths), ("intrinsics", Ks)):
         have = [v is not None for v in vals]
         if any(have) and not all(have):
@@ -77,7 +77,7 @@ def parse_observation(obs_msg, spec: ObservationSpec, field: str = "observation"
             raise FieldError(f"{field}.cameras[{missing}].{key}", f"missing while other cameras give {key} "
                                                                   "(give it for every camera or none)")
         if all(have):
-            obs[key] = np.stack(vals)  # (V, H, W) / (V, 3, 3)
+            obs[key] = _stack(vals)  # (V, H, W) / (V, 3, 3)
     if not obs_msg.HasField("state"):
         raise FieldError(f"{field}.state", "missing")
     obs["state"] = from_tensor(obs_msg.state, f"{field}.state", (tpb.DTYPE_FLOAT32,), (spec.state_dim,), finite=True)
@@ -88,6 +88,11 @@ def parse_observation(obs_msg, spec: ObservationSpec, field: str = "observation"
         raise FieldError(f"{field}.instruction", f"{len(text)} characters > limit {spec.max_instruction_chars}")
     obs["instruction"] = text
     return obs
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.stack, but one camera is a view (no copy): the batcher's collate makes the one copy the model sees."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _cameras_by_name(obs_msg, spec: ObservationSpec, field: str) -> dict[str, tuple[int, Any]]:
@@ -108,11 +113,16 @@ def _cameras_by_name(obs_msg, spec: ObservationSpec, field: str) -> dict[str, tu
 
 def _depth(cam, field: str, size: tuple[int, int]) -> np.ndarray:
     f = f"{field}.depth"
-    d = from_tensor(cam.depth, f, (tpb.DTYPE_FLOAT32, tpb.DTYPE_UINT16), size, finite=True)
+    d = from_tensor(cam.depth, f, (tpb.DTYPE_FLOAT32, tpb.DTYPE_UINT16), size)
     if d.dtype == np.uint16:
         return d.astype(np.float32) / np.float32(DEPTH_SCALE)
-    if (d < 0).any():
-        raise FieldError(f, f"negative depth {float(d.min())} (metres must be >= 0)")
+    # min and max propagate NaN and show +-inf: one pair of reductions checks finite and >= 0 (128x128: 9 us
+    # instead of 17 us for isfinite().all() plus (d < 0).any())
+    lo, hi = (d.min(), d.max()) if d.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise FieldError(f, "contains NaN or infinity")
+    if lo < 0:
+        raise FieldError(f, f"negative depth {float(lo)} (metres must be >= 0)")
     return d
 
 

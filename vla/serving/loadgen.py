@@ -1,0 +1,108 @@
+"""Closed-loop gRPC load generator for `vla bench serve`: N clients, each sends its next request when the answer
+to the previous one arrives; unary (`Predict`) or one stream per client (`StreamPredict`).
+
+One process (grpc.aio, one channel per client) or several (`procs > 1`, clients split between them), optionally
+pinned to CPUs so that the load generator and the server do not fight over the same core. All processes measure
+the same window of CLOCK_MONOTONIC (`time.monotonic`, shared by all processes on Linux), so their calls add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+async def _clients(address: str, request: bytes, mode: str, clients: int, t_start: float,
+                   t_end: float) -> tuple[list[float], int]:
+    """Run `clients` closed-loop clients until t_end; latencies (s) of calls started in [t_start, t_end)."""
+    import grpc
+
+    lat: list[float] = []
+    errors = 0
+    from vla._proto.v1 import policy_pb2
+
+    parse = policy_pb2.PredictResponse.FromString  # requests go pre-serialized (None), replies are parsed
+
+    async def one(channel):
+        nonlocal errors
+        if mode == "stream":
+            call = channel.stream_stream("/vla.v1.PolicyService/StreamPredict", None, parse)()
+        else:
+            predict = channel.unary_unary("/vla.v1.PolicyService/Predict", None, parse)
+            call = None
+        while True:
+            t = time.monotonic()
+            if t >= t_end:
+                break
+            try:
+                if call is None:
+                    await predict(request, timeout=30)
+                else:
+                    await call.write(request)
+                    await call.read()
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            if t >= t_start:
+                lat.append(time.monotonic() - t)
+        if call is not None:
+            await call.done_writing()
+
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(clients)]
+    await asyncio.gather(*(one(c) for c in channels))
+    for c in channels:
+        await c.close()
+    return lat, errors
+
+
+def _worker(args: tuple) -> tuple[list[float], int]:
+    return asyncio.run(_clients(*args))
+
+
+def _pin(cpus: list[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+class LoadGenerator:
+    """`procs` load processes (0: this process) pinned to `cpus` (None: anywhere); reused across measurements."""
+
+    def __init__(self, procs: int = 0, cpus: list[int] | None = None):
+        self.procs, self.cpus = procs, cpus
+        self.pool = None
+        if procs > 0:
+            ctx = multiprocessing.get_context("spawn")  # no inherited grpc state (grpc does not survive fork)
+            self.pool = ctx.Pool(procs, initializer=_pin, initargs=(cpus,))
+            self.pool.map(_pin, [cpus] * procs)  # wait until every worker is up
+        else:
+            _pin(cpus)
+
+    def run(self, address: str, request: bytes, mode: str, clients: int, warmup: float,
+            duration: float) -> dict[str, Any]:
+        t0 = time.monotonic() + (0.2 if self.pool else 0.0)  # time for the workers to receive the job
+        t_start, t_end = t0 + warmup, t0 + warmup + duration
+        if self.pool is None:
+            lat, errors = asyncio.run(_clients(address, request, mode, clients, t_start, t_end))
+        else:
+            split = [clients // self.procs + (i < clients % self.procs) for i in range(self.procs)]
+            jobs = [(address, request, mode, n, t_start, t_end) for n in split if n]
+            lat, errors = [], 0
+            for part, err in self.pool.map(_worker, jobs):
+                lat += part
+                errors += err
+        ms = np.array(lat) * 1e3
+        return {"mode": mode, "clients": clients, "calls": len(lat), "calls_per_s": len(lat) / duration,
+                "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+                "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None, "errors": errors}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
