@@ -125,13 +125,18 @@ class Session:
 
 
 class RemotePolicy:
-    """A policy served by `vla serve`. `tls`: False, True (system CAs) or the server's PEM certificate."""
+    """A policy served by `vla serve`. `tls`: False, True (system CAs) or the server's PEM certificate.
+
+    `address` may list several stateless replicas ("ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several
+    records): unary calls are spread over them round robin.
+    """
 
     def __init__(self, address: str, token: str | None = None, tls: bool | str | bytes = False,
                  timeout: float = 10.0, retries: int = 5, backoff_s: float = 0.05, image_format: str = "raw",
                  depth_format: str = "float32", max_message_mb: float = 16.0, server_name: str | None = None):
         limit = int(max_message_mb * 2**20)
-        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                   ("grpc.lb_policy_name", "round_robin")]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         creds = _credentials(tls)

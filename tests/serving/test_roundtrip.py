@@ -119,3 +119,17 @@ def test_model_info_health_reflection_metrics(served):
     count = {m.method: m.codes["OK"] for m in after.methods}
     assert count["Predict"] == {m.method: m.codes["OK"] for m in before.methods}["Predict"] + 1
     assert after.rows == before.rows + 1 and after.queue_capacity == 256
+
+
+def test_client_round_robins_over_replicas(server_factory, fake_policy):
+    from conftest import FakePolicy
+
+    a, b = server_factory(fake_policy), server_factory(FakePolicy())
+    client = RemotePolicy(f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}")
+    obs = make_obs(0)
+    first = client.predict(obs)
+    for _ in range(11):
+        np.testing.assert_array_equal(client.predict(obs), first)
+    # Stateless replicas share the unary load (round robin), and answer identically.
+    assert a.metrics.rows > 0 and b.metrics.rows > 0 and a.metrics.rows + b.metrics.rows == 12
+    client.close()
