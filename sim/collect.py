@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,9 @@ def _worker_env(kwargs: dict[str, Any]):
 
         if "env" in _WORKER:
             _WORKER["env"].close()
+        elif mp.parent_process() is not None:
+            # Close the renderer before interpreter teardown: EGL's own __del__ then fails noisily.
+            mp_util.Finalize(None, _close_worker, exitpriority=10)
         _WORKER.update(kwargs=kwargs, env=MetaWorldRGBD(**kwargs), expert=ExpertPolicy())
     return _WORKER["env"], _WORKER["expert"]
 
@@ -170,8 +175,6 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
             while (job := next_job()) is not None:
                 record(run_episode(job))
         else:
-            import multiprocessing as mp
-
             with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
                 pending = set()
                 while True:
