@@ -64,8 +64,12 @@ class EvalConfig:
                     terminate_on_success=True)
 
 
-def load_policy(spec: str, *, seed: int = 0) -> schema.Policy:
-    """A command-line policy spec -> Policy: 'expert', 'random', 'server:HOST:PORT' or a checkpoint folder."""
+def load_policy(spec: str, *, seed: int = 0, token: str | None = None, tls: bool | str = False) -> schema.Policy:
+    """A command-line policy spec -> Policy: 'expert', 'random', 'server:HOST:PORT' or a checkpoint folder.
+
+    For a server, `token` (default $VLA_TOKEN) and `tls` (False, True for system CAs, or a PEM path) are passed on;
+    an unreachable or refusing server is a UserError naming the address and the gRPC status.
+    """
     from sim.policies import ExpertPolicy, RandomPolicy
 
     if spec == "expert":
@@ -73,9 +77,15 @@ def load_policy(spec: str, *, seed: int = 0) -> schema.Policy:
     if spec == "random":
         return RandomPolicy(seed=seed)
     if spec.startswith("server:"):
+        import grpc
+
         from vla.client import RemoteSimPolicy
 
-        return RemoteSimPolicy(spec[len("server:"):], token=os.environ.get("VLA_TOKEN"))
+        address = spec[len("server:"):]
+        try:
+            return RemoteSimPolicy(address, token=token or os.environ.get("VLA_TOKEN"), tls=tls)
+        except grpc.RpcError as e:
+            raise UserError(f"--server {address}: {e.code().name}: {e.details()}") from None
     path = Path(spec)
     if not (path / "config.json").is_file():
         raise UserError(f"--policy {spec!r}: not 'expert', 'random' or a checkpoint folder (with config.json)")

@@ -200,6 +200,10 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
     states = dataset_states(dataset)
     stats = default_stats(config, grid)
     stats["state"] = {"mean": states.mean(0).tolist(), "std": np.maximum(states.std(0), 1e-3).tolist()}
+    first = dataset[0] if len(dataset) else {}
+    if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
+        K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
+        stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}
     return VLAPolicy.from_config(config, grid, seed=tc.seed, stats=stats, device=device)
 
 

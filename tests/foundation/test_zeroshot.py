@@ -61,3 +61,12 @@ def test_classnames(tmp_path):
     f.write_text("cat\ncat\n")
     with pytest.raises(UserError, match="duplicate"):
         load_classnames(classes_file=str(f))
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    from vla.files import write_json_atomic
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write .*file/result.json"):
+        write_json_atomic(blocker / "result.json", {})

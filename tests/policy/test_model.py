@@ -107,6 +107,15 @@ def test_metadata_follows_the_contract(policy):
     assert md["image_size"] == [32, 32] and md["chunk_len"] == 4 and md["cameras"] == ["corner"]
     assert md["param_count"] == sum(p.numel() for p in policy.parameters())
     assert len(md["stats"]["action"]["q01"]) == 4
+    assert md["uses_depth"] is True and md["uses_intrinsics"] is True  # tiny has Ego3D on
+
+
+def test_check_instruction_names_long_and_empty_text(policy):
+    policy.check_instruction("open the drawer")
+    with pytest.raises(UserError, match="too long"):
+        policy.check_instruction("push the red puck " * 10)
+    with pytest.raises(UserError, match="empty"):
+        policy.check_instruction("  ")
 
 
 def test_same_seed_same_weights():

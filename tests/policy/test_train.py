@@ -178,3 +178,5 @@ def test_cli_trains_on_a_collected_episode_folder(tmp_path):
     q01 = np.quantile(np.concatenate([np.load(p)["actions"] for p in sorted(root.glob("*/*.npz"))]), 0.01, axis=0)
     np.testing.assert_allclose(policy.action_grid.q_low, q01)  # the grid was fitted on the dataset's actions
     assert policy.config.chunk_len == 4 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    md = policy.metadata()  # the camera model the policy was trained with is served as metadata
+    assert md["uses_depth"] and md["intrinsics"] == {"corner": K[0].tolist()}

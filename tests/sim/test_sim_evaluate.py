@@ -50,6 +50,8 @@ def test_random_policy_fails_with_chunks_and_ensembling():
 def test_policy_hook_and_bad_chunks():
     with pytest.raises(UserError, match="model.pt"):
         load_policy("model.pt")
+    with pytest.raises(UserError, match="127.0.0.1:1: UNAVAILABLE"):  # nothing listens on port 1
+        load_policy("server:127.0.0.1:1")
 
     class Bad:
         def reset(self, env_ids=None):

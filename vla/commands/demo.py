@@ -91,7 +91,8 @@ class Server:
     def __enter__(self) -> str:
         from vla.errors import UserError
 
-        ready = Path(tempfile.mkdtemp(prefix="vla-demo-")) / "port"
+        self.tmp = tempfile.TemporaryDirectory(prefix="vla-demo-")
+        ready = Path(self.tmp.name) / "port"
         self.log = open(self.log_path, "w")
         cmd = [sys.executable, "-m", "vla.cli", "serve", "--checkpoint", str(self.checkpoint), "--host",
                "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--grace-s", "2"]
@@ -118,11 +119,12 @@ class Server:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -130,7 +132,9 @@ class Server:
             pass
         finally:
             self.log.close()
+            self.tmp.cleanup()
         print(f"== server stopped (exit code {self.proc.returncode})", flush=True)
+        self.proc = None
 
 
 def wait_healthy(address: str, deadline: float) -> None:

@@ -13,6 +13,9 @@ def register(subparsers) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--policy", default="expert", help="expert | random | CHECKPOINT (default expert)")
     who.add_argument("--server", metavar="HOST:PORT", help="evaluate the policy served at HOST:PORT")
+    p.add_argument("--token", default=None, help="--server: bearer token (default: $VLA_TOKEN)")
+    p.add_argument("--tls", default=None, metavar="PEM|system",
+                   help="--server: TLS with this server certificate (PEM file), or 'system' for the system CAs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="environment processes")
     p.add_argument("--horizon", type=int, default=1, help="actions executed per predicted chunk (default 1)")
     p.add_argument("--ensemble", action="store_true", help="temporal ensembling of overlapping chunks")
@@ -43,8 +46,16 @@ def run(args: argparse.Namespace) -> int:
         raise
     except ValueError as e:
         raise UserError(str(e)) from e
-    policy = load_policy(f"server:{args.server}" if args.server else args.policy, seed=args.seed)
-    results = evaluate(policy, cfg, progress=True)
+    if (args.token or args.tls) and not args.server:
+        raise UserError("--token and --tls go with --server")
+    tls = True if args.tls == "system" else (args.tls or False)
+    policy = load_policy(f"server:{args.server}" if args.server else args.policy, seed=args.seed,
+                         token=args.token, tls=tls)
+    try:
+        results = evaluate(policy, cfg, progress=True)
+    finally:
+        if hasattr(policy, "close"):
+            policy.close()
     print(markdown_table(results))
     if args.output:
         write_json(args.output, results)

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument("--max-wait-ms", type=float, default=0.0,
                      help="hold a batch open this long for more requests (default 0: batches form under load)")
     net.add_argument("--max-queue", type=int, default=256, help="queued requests before RESOURCE_EXHAUSTED")
+    net.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                     help="RPCs open at once, streams included, before RESOURCE_EXHAUSTED (default max-queue + 64)")
     net.add_argument("--max-message-mb", type=float, default=16.0, help="largest request/response (MiB)")
     net.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: time given to in-flight requests")
     net.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                          max_queue=args.max_queue, max_message_mb=args.max_message_mb, grace_s=args.grace_s,
+                          max_queue=args.max_queue, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                          max_message_mb=args.max_message_mb, grace_s=args.grace_s,
                           token=args.token or None, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except ValueError as e:
         raise UserError(str(e)) from None

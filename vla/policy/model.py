@@ -271,7 +271,16 @@ class VLAPolicy(nn.Module):
             "param_count": self.param_count,
             "vocab_sizes": list(self.action_grid.vocab_sizes),
             "clip_model": cfg.clip_model,
+            # Depth and intrinsics feed Ego3D; without them the learned "no depth" embedding is used.
+            "uses_depth": self.ego3d is not None,
+            "uses_intrinsics": self.ego3d is not None,
+            **({"intrinsics": self.stats["intrinsics"]} if "intrinsics" in self.stats else {}),
         }
+
+    def check_instruction(self, text: str) -> None:
+        """Raise UserError if `text` cannot be encoded (empty, or longer than the text tower's context)."""
+        if text not in self._text_cache:
+            self.prompt.check_texts([text])
 
 
 def _has_param(module: nn.Module, name: str) -> bool:

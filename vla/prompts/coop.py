@@ -154,16 +154,20 @@ class PromptLearner(nn.Module):
         emb = self._assemble(ids.repeat(B, 1), pos.repeat(B, 1), ctx.reshape(B * C, self.n_ctx, -1))
         return self.clip.encode_text_embeddings(emb, eot.repeat(B)).pooled.reshape(B, C, -1)
 
+    def check_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and context positions for free-form texts; UserError for empty or too-long ones."""
+        texts = [t.strip().rstrip(".") for t in texts]
+        if any(not t for t in texts):
+            raise UserError("empty text")
+        return self._tokenize_prompts(texts, "end")
+
     def encode_texts(self, texts: list[str]) -> TextOutput:
         """Free-form texts (robot instructions) behind the shared context: [SOS] ctx text . [EOS]."""
         if self.csc:
             raise ValueError("class-specific context cannot encode free-form text")
         if self.meta_net is not None:
             raise ValueError("CoCoOp context depends on the image; use text_features(image_features)")
-        texts = [t.strip().rstrip(".") for t in texts]
-        if any(not t for t in texts):
-            raise UserError("empty text")
-        ids, pos = self._tokenize_prompts(texts, "end")
+        ids, pos = self.check_texts(texts)
         ctx = self.ctx[None].expand(len(texts), -1, -1)
         return self.clip.encode_text_embeddings(self._assemble(ids, pos, ctx), self.clip.eot_index(ids))
 

@@ -5,7 +5,12 @@ waiting time and batches grow by themselves under load while the previous forwar
 additionally holds a batch open for stragglers. Only observations of the same layout (cameras, image size,
 depth/intrinsics present) share a pass. The queue is bounded: a full queue is `Overloaded` at once (the server
 answers RESOURCE_EXHAUSTED) instead of growing memory. Requests whose deadline passed, or whose caller gave up,
-while queued are dropped before the model runs.
+while queued are dropped before the model runs (counted as `dropped_expired` / `dropped_cancelled`).
+
+A batch whose predict raises a ValueError (UserError included: e.g. one instruction too long for the text tower)
+is rerun row by row, so only the offending request fails. Any other exception fails the batch; SystemExit or
+KeyboardInterrupt in the model stops the model thread: the batch and everything queued are answered
+`Unavailable` and `on_fatal(exc)` runs on the loop (the server marks itself NOT_SERVING).
 
 The event loop only appends to the queue and resolves futures. One dedicated model thread takes batches, collates,
 runs the model and hands each finished batch back with one `call_soon_threadsafe`: two thread switches per batch.
@@ -37,6 +42,10 @@ class Overloaded(Exception):
 
 class Expired(Exception):
     """The request's deadline passed before the model could run it."""
+
+
+class Unavailable(Exception):
+    """The model thread has stopped (SystemExit/KeyboardInterrupt in predict): nothing will run any more."""
 
 
 @dataclass
@@ -78,7 +87,8 @@ def collate(obs_list: list[dict[str, Any]], copy: bool = True) -> dict[str, Any]
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[dict], np.ndarray], *, max_batch: int = 32, max_wait_ms: float = 0.0,
-                 max_queue: int = 256, metrics: Metrics | None = None, inline: bool = False):
+                 max_queue: int = 256, metrics: Metrics | None = None, inline: bool = False,
+                 on_fatal: Callable[[BaseException], Any] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch={max_batch}, max_queue={max_queue} must be >= 1, max_wait_ms={max_wait_ms} "
                              ">= 0")
@@ -92,6 +102,8 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._dead: BaseException | None = None  # set when the model thread stopped for good
+        self.on_fatal = on_fatal  # called on the loop with the SystemExit/KeyboardInterrupt that stopped it
 
     def start(self) -> None:
         """Bind to the running event loop and start the model thread."""
@@ -108,6 +120,8 @@ class DynamicBatcher:
             return self._run_inline(obs, deadline)
         item = _Item(obs, layout_key(obs), self._loop.create_future(), time.perf_counter(), deadline)
         with self._cond:
+            if self._dead is not None:
+                raise Unavailable(f"model stopped ({type(self._dead).__name__}); server is not serving")
             if len(self._queue) >= self.max_queue:
                 self.metrics.rejected_overload += 1
                 raise Overloaded(f"request queue full ({self.max_queue} waiting)")
@@ -145,8 +159,8 @@ class DynamicBatcher:
                 batch, expired = self._take()
             if expired:
                 self._loop.call_soon_threadsafe(_fail, expired, Expired("deadline passed while queued"))
-            if batch:
-                self._run_batch(batch)
+            if batch and not self._run_batch(batch):
+                return  # fatal: _fatal answered everything and refuses new work
 
     def _linger(self) -> None:
         """(Lock held.) Hold the batch open up to max_wait after its first request arrived, or until it is full."""
@@ -166,8 +180,11 @@ class DynamicBatcher:
         expired: list[_Item] = []
         while self._queue and len(batch) < self.max_batch:
             item = self._queue.popleft()
-            if item.future.done():  # cancelled by the client or the RPC deadline
-                self.metrics.dropped_expired += 1
+            if item.future.done():  # cancelled: by the RPC deadline, or by the client giving up
+                if item.deadline is not None and item.deadline <= now:
+                    self.metrics.dropped_expired += 1
+                else:
+                    self.metrics.dropped_cancelled += 1
             elif item.deadline is not None and item.deadline <= now:
                 self.metrics.dropped_expired += 1
                 expired.append(item)
@@ -190,14 +207,55 @@ class DynamicBatcher:
         self.metrics.record_batch(len(obs_list), t2 - t1)
         return out, t1 - t0, t2 - t1
 
-    def _run_batch(self, batch: list[_Item]) -> None:
+    def _attempt(self, items: list[_Item]) -> BaseException | None:
+        """Run one forward pass and hand its answers to the loop; returns what it raised, if anything."""
         try:
-            out, collate_s, model_s = self._forward([b.obs for b in batch])
-        except Exception as e:  # the model failed: every caller of this batch learns why
-            log_event("batch_failed", size=len(batch), error=repr(e))
-            self._loop.call_soon_threadsafe(_fail, batch, e)
-            return
-        self._loop.call_soon_threadsafe(_deliver, batch, out, collate_s, model_s)
+            out, collate_s, model_s = self._forward([b.obs for b in items])
+        except BaseException as e:  # noqa: BLE001 (the model thread must outlive any model error)
+            return e
+        self._loop.call_soon_threadsafe(_deliver, items, out, collate_s, model_s)
+        return None
+
+    def _run_batch(self, batch: list[_Item]) -> bool:
+        """Run a batch, rerunning it row by row on a ValueError; False when the model thread must stop."""
+        e = self._attempt(batch)
+        if e is None:
+            return True
+        if not (isinstance(e, ValueError) and len(batch) > 1):
+            return self._failed(batch, e)
+        log_event("batch_split", size=len(batch), error=repr(e))  # one bad row must not fail the others
+        for i, item in enumerate(batch):
+            e = self._attempt([item])
+            if e is not None and not self._failed(batch[i:] if _is_fatal(e) else [item], e):
+                return False
+        return True
+
+    def _failed(self, items: list[_Item], e: BaseException) -> bool:
+        """Answer `items` with the model's error (INTERNAL unless a UserError); False if `e` is fatal."""
+        if _is_fatal(e):
+            self._fatal(items, e)
+            return False
+        if not isinstance(e, Exception):  # e.g. GeneratorExit or a custom BaseException: a Future won't take it
+            e = RuntimeError(f"model raised {type(e).__name__}: {e}")
+        log_event("batch_failed", size=len(items), error=repr(e))
+        self._loop.call_soon_threadsafe(_fail, items, e)
+        return True
+
+    def _fatal(self, items: list[_Item], e: BaseException) -> None:
+        """Stop for good: answer `items` and everything queued Unavailable, refuse new work, tell the server."""
+        with self._cond:
+            self._dead = e
+            items = items + list(self._queue)
+            self._queue.clear()
+        log_event("model_stopped", 40, error=repr(e), answered=len(items))  # 40 = ERROR
+        err = Unavailable(f"model stopped ({type(e).__name__}: {e}); server is not serving")
+        self._loop.call_soon_threadsafe(_fail, items, err)
+        if self.on_fatal is not None:
+            self._loop.call_soon_threadsafe(self.on_fatal, e)
+
+
+def _is_fatal(e: BaseException) -> bool:
+    return isinstance(e, (SystemExit, KeyboardInterrupt))
 
 
 def _deliver(batch: list[_Item], out: np.ndarray, collate_s: float, model_s: float) -> None:

@@ -39,7 +39,8 @@ class Metrics:
         self.batch_sizes: collections.Counter = collections.Counter()
         self.model_ms: collections.deque = collections.deque(maxlen=WINDOW)
         self.rows = 0
-        self.dropped_expired = 0
+        self.dropped_expired = 0  # deadline passed while queued
+        self.dropped_cancelled = 0  # caller gave up while queued
         self.rejected_overload = 0
         self.queue_depth = lambda: 0
         self.queue_capacity = 0
@@ -64,7 +65,8 @@ class Metrics:
             ]
             return metrics_pb2.Metrics(
                 methods=methods, batch_sizes=dict(self.batch_sizes), batches=sum(self.batch_sizes.values()),
-                rows=self.rows, dropped_expired=self.dropped_expired, rejected_overload=self.rejected_overload,
+                rows=self.rows, dropped_expired=self.dropped_expired,
+                dropped_cancelled=self.dropped_cancelled, rejected_overload=self.rejected_overload,
                 queue_depth=self.queue_depth(), queue_capacity=self.queue_capacity,
                 uptime_s=time.monotonic() - self.started, model_p50_ms=_pct(self.model_ms, 50))
 

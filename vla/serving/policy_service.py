@@ -89,9 +89,16 @@ class _Session:
         self.action_dim = action_dim
         self.step = 0
         self.runner: ChunkQueue | ChunkEnsembler | None = None
+        self._cfg: tuple[int, bool, float] = (0, False, 0.0)  # (horizon, ensemble, coef) from check_session
 
     def configure(self, cfg: ppb.SessionConfig) -> None:
         horizon, ensemble, coef = check_session(cfg)
+        self._cfg = (horizon, ensemble, coef)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode with the current settings: step 0, empty chunk buffers."""
+        horizon, ensemble, coef = self._cfg
         self.step = 0
         if ensemble:
             self.runner = ChunkEnsembler(1, self.action_dim, coef)
@@ -155,8 +162,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def _step(self, session: _Session, request, first: bool, context, t0: float) -> ppb.PredictResponse:
         if isinstance(request, Malformed):
             request.raise_error()
-        if first or request.reset:
+        if first or (request.reset and request.HasField("session")):
             session.configure(request.session)
+        elif request.reset:
+            session.reset()  # a reset without a session message keeps the stream's horizon/ensembling
         deadline = deadline_of(context)
         obs = await self._parse(request)
         parse_s = time.perf_counter() - t0

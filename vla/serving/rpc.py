@@ -9,7 +9,7 @@ import time
 import grpc
 
 from vla.errors import UserError
-from vla.serving.batcher import Expired, Overloaded
+from vla.serving.batcher import Expired, Overloaded, Unavailable
 from vla.serving.metrics import log, log_event
 
 
@@ -20,6 +20,8 @@ def status_of(e: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(e, Expired):
         return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(e, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
 

@@ -41,6 +41,7 @@ class ServeConfig:
     max_batch: int = 32
     max_wait_ms: float = 0.0
     max_queue: int = 256
+    max_concurrent_rpcs: int | None = None  # RPCs open at once, streams included (None: max_queue + 64)
     max_message_mb: float = 16.0
     grace_s: float = 10.0
     decode_threads: int = 2
@@ -54,6 +55,10 @@ class ServeConfig:
         if self.max_message_mb <= 0 or self.grace_s < 0 or self.decode_threads < 1:
             raise ValueError(f"max_message_mb={self.max_message_mb} must be > 0, grace_s={self.grace_s} >= 0, "
                              f"decode_threads={self.decode_threads} >= 1")
+        if self.max_concurrent_rpcs is None:  # room for a full queue plus info/health/metrics calls and streams
+            self.max_concurrent_rpcs = self.max_queue + 64
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max_concurrent_rpcs={self.max_concurrent_rpcs} must be >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
 
@@ -86,7 +91,9 @@ class PolicyServer:
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", 0)]
         interceptors = [TokenAuthInterceptor(cfg.token)] if cfg.token else []
-        self.server = grpc.aio.server(options=options, interceptors=interceptors)
+        # bounds memory: each open RPC holds its request (up to max_message_mb); the rest get RESOURCE_EXHAUSTED
+        self.server = grpc.aio.server(options=options, interceptors=interceptors,
+                                      maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [add_service(self.server, MetricsServicer(self.metrics), metrics_pb2.DESCRIPTOR.services_by_name[
@@ -95,9 +102,11 @@ class PolicyServer:
         if self.policy is not None:
             self.batcher = DynamicBatcher(self.policy.predict, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                                           max_queue=cfg.max_queue, metrics=self.metrics,
-                                          inline=bool(getattr(self.policy, "serve_inline", False)))
+                                          inline=bool(getattr(self.policy, "serve_inline", False)),
+                                          on_fatal=self._model_stopped)
             self.decode_pool = concurrent.futures.ThreadPoolExecutor(cfg.decode_threads, "vla-decode")
-            spec = ObservationSpec.from_metadata(self.policy.metadata())
+            spec = ObservationSpec.from_metadata(self.policy.metadata(), check_instruction=getattr(
+                self.policy, "check_instruction", None))
             servicer = PolicyServicer(self.policy, self.batcher, self.metrics, spec, self.decode_pool, cfg.max_batch)
             names.append(add_service(self.server, servicer, policy_pb2.DESCRIPTOR.services_by_name["PolicyService"]))
         if self.vision is not None:
@@ -114,10 +123,20 @@ class PolicyServer:
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._names = names
         self._stopped = asyncio.Event()
         log_event("serving", host=cfg.host, port=self.port, services=names, tls=bool(cfg.tls_cert),
                   auth=bool(cfg.token), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
         return self.port
+
+    def _model_stopped(self, e: BaseException) -> None:
+        """(Event loop.) The model thread died: health NOT_SERVING so balancers and clients go elsewhere."""
+
+        async def not_serving():
+            for name in ["", *self._names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        self._not_serving_task = asyncio.ensure_future(not_serving())  # kept: the loop holds tasks weakly
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first, then refuse new RPCs and let in-flight ones finish within `grace` seconds."""

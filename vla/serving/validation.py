@@ -12,13 +12,15 @@ Validated (each a `FieldError` -> INVALID_ARGUMENT, message starting with the fi
     observation.cameras[i].intrinsics dtype float32, shape (3, 3), byte count, finite, fx, fy > 0;
                                       every camera or none
     observation.state                 dtype float32, shape (state_dim,), byte count, finite
-    observation.instruction           non-empty after stripping, at most max_instruction_chars
+    observation.instruction           non-empty after stripping, at most max_instruction_chars, and accepted by
+                                      the policy's `check_instruction(text)` if it has one (text tower length)
     session.ensemble_coef             finite, >= 0 (streaming)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,8 @@ class ObservationSpec:
     cameras: tuple[str, ...]
     state_dim: int
     max_instruction_chars: int = 1000
-    max_pixels: int = MAX_IMAGE_PIXELS
+    max_pixels: int = MAX_IMAGE_PIXELS  # per camera; a request holds at most len(cameras) of these
+    check_instruction: Callable[[str], None] | None = None  # raises UserError for text the model cannot take
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], **limits) -> ObservationSpec:
@@ -86,6 +89,11 @@ def parse_observation(obs_msg, spec: ObservationSpec, field: str = "observation"
         raise FieldError(f"{field}.instruction", "empty")
     if len(text) > spec.max_instruction_chars:
         raise FieldError(f"{field}.instruction", f"{len(text)} characters > limit {spec.max_instruction_chars}")
+    if spec.check_instruction is not None:
+        try:
+            spec.check_instruction(text)
+        except ValueError as e:  # UserError included
+            raise FieldError(f"{field}.instruction", str(e)) from None
     obs["instruction"] = text
     return obs
 

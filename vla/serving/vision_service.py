@@ -1,6 +1,8 @@
 """VisionService: CLIP zero-shot (prompt templates) or CoOp (stored context) classification, and embeddings.
 
-Requests carry their own batch of images, so each runs as one forward pass on the vision thread.
+Requests carry their own batch of images, so each runs as one forward pass on the vision thread. A request whose
+deadline passed, or whose caller cancelled, while it waited for that thread is dropped before decoding. Decoded
+images are capped per image (codec.MAX_IMAGE_PIXELS) and per request (MAX_REQUEST_PIXELS) to bound memory.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from vla._proto.v1 import tensor_pb2 as tpb
 from vla._proto.v1 import vision_pb2 as vpb
 from vla._proto.v1 import vision_pb2_grpc
 from vla.errors import UserError
-from vla.serving.codec import FieldError, decode_image, to_tensor
+from vla.serving.batcher import Expired
+from vla.serving.codec import MAX_IMAGE_PIXELS, FieldError, decode_image, to_tensor
 from vla.serving.metrics import Metrics
-from vla.serving.rpc import unary
+from vla.serving.rpc import deadline_of, unary
 
 MAX_IMAGES, MAX_CLASSES, MAX_TEXTS, MAX_TEMPLATES, MAX_TEXT_CHARS = 64, 1000, 256, 100, 1000
+MAX_REQUEST_PIXELS = 64 * 2**20  # all images of one request together (about 200 MB decoded)
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 
 
@@ -103,7 +107,19 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             raise FieldError(field, "no image")
         if len(msgs) > MAX_IMAGES:
             raise FieldError(field, f"{len(msgs)} images > limit {MAX_IMAGES}")
-        return [np.array(decode_image(m, f"{field}[{i}]")) for i, m in enumerate(msgs)]
+        out, used = [], 0
+        for i, m in enumerate(msgs):
+            budget = min(MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS - used)
+            try:
+                im = np.array(decode_image(m, f"{field}[{i}]", budget))
+            except FieldError as e:
+                if budget < MAX_IMAGE_PIXELS:  # say why the limit is lower than the per-image one
+                    raise FieldError(e.field, f"{str(e).split(': ', 1)[1]} (request limit {MAX_REQUEST_PIXELS} "
+                                              f"pixels, {used} used by images before it)") from None
+                raise
+            used += im.shape[0] * im.shape[1]
+            out.append(im)
+        return out
 
     def _check_classify(self, req) -> tuple[list, list[str], list[str], int]:
         images = self._images(req.images, "images", True)
@@ -166,10 +182,22 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                                          batch_size=len(images) + len(texts)))
         return reply
 
+    async def _run(self, work, request, context):
+        """Run `work(request)` on the vision thread unless the RPC's deadline passed while it waited (a cancelled
+        RPC cancels the queued executor future, which then never starts)."""
+        deadline = deadline_of(context)
+
+        def guarded():
+            if deadline is not None and time.perf_counter() >= deadline:
+                raise Expired("deadline passed while queued")
+            return work(request)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded)
+
     @unary("Classify")
     async def Classify(self, request, context):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._classify, request)
+        return await self._run(self._classify, request, context)
 
     @unary("Embed")
     async def Embed(self, request, context):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, request)
+        return await self._run(self._embed, request, context)

@@ -32,7 +32,7 @@ class MethodMetrics(_message.Message):
     def __init__(self, method: _Optional[str] = ..., codes: _Optional[_Mapping[str, int]] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., window: _Optional[int] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms")
+    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms", "dropped_cancelled")
     class BatchSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Metrics(_message.Message):
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedCompositeFieldContainer[MethodMetrics]
     batch_sizes: _containers.ScalarMap[int, int]
     batches: int
@@ -60,4 +61,5 @@ class Metrics(_message.Message):
     queue_capacity: int
     uptime_s: float
     model_p50_ms: float
-    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ...) -> None: ...
+    dropped_cancelled: int
+    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ..., dropped_cancelled: _Optional[int] = ...) -> None: ...
