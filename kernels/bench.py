@@ -179,7 +179,7 @@ def environment(device: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="vla bench kernels", description=__doc__.split("\n")[0])
     p.add_argument("--ops", default="ponet,attention", help="comma list: ponet, attention")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")

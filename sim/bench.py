@@ -47,7 +47,8 @@ def expert_episodes_per_minute(workers: int, episodes: int, size: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="vla bench sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--collect-episodes", type=int, default=8)
     p.add_argument("--success-episodes", type=int, default=20, help="held-out seeds per MT10 task")
