@@ -4,6 +4,7 @@ concurrent-RPC and pixel limits, cancelled vs expired counters, vision deadlines
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -206,6 +207,7 @@ def test_cancelled_and_expired_are_counted_apart(stubs):
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(_req(make_obs(2)), timeout=0.3)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.3)  # the server's deadline (taken on receipt) passes too before the model thread frees up
     policy.gate.set()
     first.result()
     stub.Predict(_req(make_obs(3)), timeout=30)
@@ -238,6 +240,9 @@ def test_vision_request_past_its_deadline_is_not_run(server_factory):
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(req, timeout=0.3)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server's copy of the deadline was taken on receipt, a little after the client's: let it pass too
+        # before the vision thread frees up (otherwise the queued request may still be in time when it starts).
+        time.sleep(0.3)
         model.gate.set()
         np.testing.assert_allclose(first.result().top[0].probabilities, [0.5, 0.5])
         stub.Classify(req, timeout=30)
