@@ -30,7 +30,13 @@ import torch.nn.functional as F
 
 from sim import language
 from vla.errors import UserError
-from vla.files import atomic_path, save_safetensors_atomic, write_json_atomic, write_text_atomic
+from vla.files import (
+    atomic_path,
+    read_jsonl,
+    save_safetensors_atomic,
+    truncate_jsonl,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +188,7 @@ def pretrain(data: str | os.PathLike, out_dir: str | os.PathLike, pc: PretrainCo
         start = int(state["step"])
         log.info("clip pretrain: resuming at step %d", start)
     metrics = out / "metrics.jsonl"
-    _truncate(metrics, start)
+    truncate_jsonl(metrics, start)
     bar = tqdm(total=pc.steps, initial=start, desc="clip", unit="step", disable=not pc.progress)
     t0, rec = time.perf_counter(), {}
     for step in range(start, pc.steps):
@@ -225,24 +231,16 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def _truncate(path: Path, step: int) -> None:
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        write_text_atomic(path, "".join(ln + "\n" for ln in keep))
-
-
 def plot_curve(metrics: Path, png: Path, key: str = "loss", title: str = "CLIP contrastive loss") -> None:
     """One metric against step, matplotlib Agg, written atomically."""
-    if not metrics.exists():
+    recs = read_jsonl(metrics)
+    if not recs:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-    if not recs:
-        return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in recs], [r[key] for r in recs])
     ax.set_xlabel("step")

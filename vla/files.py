@@ -108,3 +108,18 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSON-lines log (metrics.jsonl); [] when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Drop records past `step`: a run killed after its last checkpoint logged steps that a resume redoes."""
+    path = Path(path)
+    if path.exists():
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path) if r["step"] <= step))

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from vla.errors import UserError
-from vla.files import atomic_path, write_json_atomic, write_text_atomic
+from vla.files import atomic_path, read_jsonl, truncate_jsonl, write_json_atomic
 from vla.policy.action_grid import ActionGrid
 from vla.policy.checkpoint import recover_dir, write_dir_atomic, write_policy_files
 from vla.policy.config import PolicyConfig
@@ -271,7 +271,7 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, start)
+        truncate_jsonl(metrics_path, start)
     bar = tqdm(total=tc.steps, initial=start, disable=rank != 0 or not tc.progress, desc="train", unit="step")
     t0, rec, step = time.perf_counter(), {}, start
     for step, batch in zip(range(start, tc.steps), loader):
@@ -312,26 +312,16 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
             "last": rec, "out": str(out)}
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines past `step` (a run killed after its last checkpoint logged steps that will be redone)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
-
-
 def plot_losses(metrics_path: Path, png: Path) -> None:
     """Loss and token accuracy against step (matplotlib Agg, written atomically)."""
-    if not metrics_path.exists():
+    recs = read_jsonl(metrics_path)
+    if not recs:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    if not recs:
-        return
     steps = [r["step"] for r in recs]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [r["loss"] for r in recs], label="loss (CE / token)")
