@@ -65,7 +65,8 @@ class EvalConfig:
 
 
 def load_policy(spec: str, *, seed: int = 0, token: str | None = None, tls: bool | str = False) -> schema.Policy:
-    """A command-line policy spec -> Policy: 'expert', 'random', 'server:HOST:PORT' or a checkpoint folder.
+    """A command-line policy spec -> Policy: 'default' (the committed default model), 'expert', 'random',
+    'server:HOST:PORT' or a checkpoint folder.
 
     For a server, `token` (default $VLA_TOKEN) and `tls` (False, True for system CAs, or a PEM path) are passed on;
     an unreachable or refusing server is a UserError naming the address and the gRPC status.
@@ -86,9 +87,18 @@ def load_policy(spec: str, *, seed: int = 0, token: str | None = None, tls: bool
             return RemoteSimPolicy(address, token=token or os.environ.get("VLA_TOKEN"), tls=tls)
         except grpc.RpcError as e:
             raise UserError(f"--server {address}: {e.code().name}: {e.details()}") from None
+    if spec == "default":
+        from vla.default_model import DEFAULT_DIR, default_checkpoint
+
+        found = default_checkpoint()
+        if found is None:
+            raise UserError(f"--policy default: no default model is committed in {DEFAULT_DIR} (train one with "
+                            "scripts/train_default.py --export, or give --policy CHECKPOINT|expert)")
+        spec = str(found)
     path = Path(spec)
     if not (path / "config.json").is_file():
-        raise UserError(f"--policy {spec!r}: not 'expert', 'random' or a checkpoint folder (with config.json)")
+        raise UserError(f"--policy {spec!r}: not 'default', 'expert', 'random' or a checkpoint folder "
+                        "(with config.json)")
     from vla.policy import VLAPolicy
 
     return VLAPolicy.load(path)

@@ -34,6 +34,32 @@ def default_checkpoint() -> Path | None:
     return d if all((d / f).is_file() for f in need) else None
 
 
+def default_clip() -> tuple[str, str] | None:
+    """(open_clip model name, weights file) of the committed default CLIP, or None when none is committed."""
+    d = default_checkpoint()
+    if d is None:
+        return None
+    return json.loads((d / "config.json").read_text())["clip_model"], str(d / CLIP_FILE)
+
+
+def resolve_clip(model: str | None, pretrained: str | None) -> tuple[str, str | None]:
+    """Command-line --model/--pretrained -> what to load. Neither given: the committed default CLIP when there is
+    one, else the randomly initialised vla-tiny tower (said in the log: its predictions mean nothing)."""
+    import logging
+
+    if model is None and pretrained is None:
+        found = default_clip()
+        if found is not None:
+            return found
+        logging.getLogger("vla.clip").warning(
+            "no default model in %s and no --model/--pretrained given: using a random vla-tiny", DEFAULT_DIR)
+    if model is None and pretrained is not None:
+        from vla.errors import UserError
+
+        raise UserError(f"--pretrained {pretrained}: also give --model (its architecture, e.g. ViT-B-32)")
+    return model or "vla-tiny", pretrained
+
+
 def scene_classes(tasks) -> dict[str, str]:
     """task -> scene class name (words) for the scene-classification demo."""
     from vla.clip_pretrain import SCENE_CLASSES

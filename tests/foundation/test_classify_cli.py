@@ -9,10 +9,12 @@ from vla.cli import main
 
 from .conftest import CLASSES as COLOURS
 
+TINY = ["--model", "vla-tiny"]  # explicit: without --model the commands load the committed default CLIP
+
 
 def test_classify_writes_clip_benchmark_result(colour_folder, tmp_path, capsys):
     out = tmp_path / "res" / "result.json"
-    assert main(["classify", "--images", str(colour_folder), "--output", str(out), "--templates", "simple"]) == 0
+    assert main(["classify", *TINY, "--images", str(colour_folder), "--output", str(out), "--templates", "simple"]) == 0
     result = json.loads(out.read_text())
     assert result["task"] == "zeroshot_classification"
     assert result["classnames"] == sorted(COLOURS)
@@ -31,7 +33,7 @@ def test_classify_writes_clip_benchmark_result(colour_folder, tmp_path, capsys):
 def test_flat_folder_predicts_only(colour_folder, tmp_path):
     flat = colour_folder / "red"
     out = tmp_path / "flat.json"
-    assert main(["classify", "--images", str(flat), "--classes", "red,green,blue", "--output", str(out)]) == 0
+    assert main(["classify", *TINY, "--images", str(flat), "--classes", "red,green,blue", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["metrics"] is None and result["n_images"] == 6
     rows = list(csv.DictReader(open(tmp_path / "flat_predictions.csv")))
@@ -55,7 +57,7 @@ def test_bad_inputs_give_one_line_errors(colour_folder, tmp_path, capsys, argv, 
     argv = [a.replace("TEMPLATE_FILE", str(tfile)).replace("BROKEN", str(broken)) for a in argv]
     if "--images" not in argv:
         argv = ["--images", str(colour_folder)] + argv
-    assert main(["classify", *argv, "--output", str(tmp_path / "r.json")]) == 2
+    assert main(["classify", *TINY, *argv, "--output", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vla classify: error:")
     assert re.search(message, err[0])
@@ -63,13 +65,31 @@ def test_bad_inputs_give_one_line_errors(colour_folder, tmp_path, capsys, argv, 
 
 def test_coop_train_then_eval_beats_templates(colour_folder, tmp_path):
     ctx = tmp_path / "ctx.safetensors"
-    assert main(["coop", "train", "--images", str(colour_folder), "--shots", "2", "--csc", "--n-ctx", "4",
+    assert main(["coop", "train", *TINY, "--images", str(colour_folder), "--shots", "2", "--csc", "--n-ctx", "4",
                  "--epochs", "25", "--seed", "3", "--out", str(ctx)]) == 0
     assert ctx.exists() and (tmp_path / "ctx.history.json").exists()
     coop_out, tmpl_out = tmp_path / "coop.json", tmp_path / "tmpl.json"
-    assert main(["coop", "eval", "--images", str(colour_folder), "--coop", str(ctx), "--output", str(coop_out)]) == 0
-    assert main(["classify", "--images", str(colour_folder), "--templates", "simple", "--output", str(tmpl_out)]) == 0
+    images = ["--images", str(colour_folder)]
+    assert main(["coop", "eval", *TINY, *images, "--coop", str(ctx), "--output", str(coop_out)]) == 0
+    assert main(["classify", *TINY, *images, "--templates", "simple", "--output", str(tmpl_out)]) == 0
     coop_acc = json.loads(coop_out.read_text())["metrics"]["acc1"]
     tmpl_acc = json.loads(tmpl_out.read_text())["metrics"]["acc1"]
     # Random tower: templates are near chance (1/6); per-class context learned from 2 shots separates colours.
     assert coop_acc >= 0.8 and coop_acc > tmpl_acc
+
+
+def test_model_defaults_to_committed_clip(monkeypatch, tmp_path):
+    from vla import default_model
+    from vla.errors import UserError
+
+    monkeypatch.setattr(default_model, "DEFAULT_DIR", tmp_path)
+    assert default_model.resolve_clip(None, None) == ("vla-tiny", None)  # nothing committed: random tiny tower
+    assert default_model.resolve_clip("ViT-B-32", "w.safetensors") == ("ViT-B-32", "w.safetensors")
+    with pytest.raises(UserError, match="--pretrained w.safetensors: also give --model"):
+        default_model.resolve_clip(None, "w.safetensors")
+    for name in ("model.safetensors", "action_grid.json", "stats.json", default_model.CLIP_FILE,
+                 default_model.CONTEXT_FILE, default_model.CLASSES_FILE):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "config.json").write_text(json.dumps({"clip_model": "vla-small"}))
+    assert default_model.resolve_clip(None, None) == ("vla-small", str(tmp_path / default_model.CLIP_FILE))
+    assert default_model.resolve_clip("vla-tiny", None) == ("vla-tiny", None)

@@ -8,10 +8,12 @@ DEFAULT_OUTPUT = "out/classify/result.json"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="vla-tiny", help="open_clip architecture name or one of ours (default vla-tiny)")
+    p.add_argument("--model", default=None,
+                   help="open_clip architecture name or one of ours (vla-tiny, vla-small); with --pretrained also "
+                        "omitted: the committed default CLIP (vla/assets/default)")
     p.add_argument("--pretrained", default=None,
                    help="weights: a local .safetensors/.pt/.pth/.bin file, or an open_clip tag (needs internet); "
-                        "omitted = random init")
+                        "with --model alone: random init")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
 
 
@@ -43,6 +45,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from vla.clip import load_clip
+    from vla.default_model import resolve_clip
     from vla.errors import UserError
     from vla.imagefolder import scan_image_folder
     from vla.prompts.coop import PromptLearner
@@ -54,6 +57,7 @@ def run(args) -> int:
     classnames = load_classnames(args.classes, args.classes_file)
     templates = None if args.coop else load_templates(args.templates, dataset=args.dataset_name)
     folder = scan_image_folder(args.images, classnames or None)
+    args.model, args.pretrained = resolve_clip(args.model, args.pretrained)
     clip = load_clip(args.model, args.pretrained, device=args.device)
     learner = PromptLearner.load(args.coop, clip, folder.classnames).to(args.device) if args.coop else None
     feats = encode_images(clip, folder.paths, args.batch_size, args.device)

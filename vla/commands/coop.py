@@ -43,6 +43,7 @@ def run_train(args) -> int:
     import torch
 
     from vla.clip import load_clip
+    from vla.default_model import resolve_clip
     from vla.errors import UserError
     from vla.files import write_json_atomic
     from vla.imagefolder import few_shot, scan_image_folder
@@ -57,6 +58,7 @@ def run_train(args) -> int:
     if folder.labels is None:
         raise UserError(f"{args.images}: training needs class subfolders (DIR/<class>/*.png)")
     shots = few_shot(folder, args.shots, args.seed)
+    args.model, args.pretrained = resolve_clip(args.model, args.pretrained)
     clip = load_clip(args.model, args.pretrained, device=args.device)
     torch.manual_seed(args.seed)
     learner = PromptLearner(clip, classnames=folder.classnames, n_ctx=args.n_ctx, ctx_init=args.ctx_init,

@@ -263,12 +263,13 @@ def classification_only(args) -> int:
     images = make_colour_folder(out / "images", per_class=10)
     print(f"== generated {images} (8 colour classes x 10 images)")
     print("== zero-shot with the 80 OpenAI templates")
-    main(["classify", "--images", str(images), "--output", str(out / "templates.json")])
+    tiny = ["--model", "vla-tiny"]  # explicit: this fallback runs exactly when no default CLIP is committed
+    main(["classify", *tiny, "--images", str(images), "--output", str(out / "templates.json")])
     print(f"== CoOp: class-specific context learned from {args.shots} shots per class")
     ctx = out / "context.safetensors"
-    main(["coop", "train", "--images", str(images), "--shots", str(args.shots), "--csc", "--n-ctx", "4",
+    main(["coop", "train", *tiny, "--images", str(images), "--shots", str(args.shots), "--csc", "--n-ctx", "4",
           "--epochs", "40", "--out", str(ctx)])
-    main(["coop", "eval", "--images", str(images), "--coop", str(ctx), "--output", str(out / "coop.json")])
+    main(["coop", "eval", *tiny, "--images", str(images), "--coop", str(ctx), "--output", str(out / "coop.json")])
     t = json.loads((out / "templates.json").read_text())["metrics"]["acc1"]
     c = json.loads((out / "coop.json").read_text())["metrics"]["acc1"]
     print("\n| prompts | top-1 |\n|---|---|")

@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", default="mt10", help="mt10 | mt50 | comma-separated task names (default mt10)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (default 20)")
     who = p.add_mutually_exclusive_group()
-    who.add_argument("--policy", default="expert", help="expert | random | CHECKPOINT (default expert)")
+    who.add_argument("--policy", default="default",
+                     help="default (the committed default model) | expert | random | CHECKPOINT (default: default)")
     who.add_argument("--server", metavar="HOST:PORT", help="evaluate the policy served at HOST:PORT")
     p.add_argument("--token", default=None, help="--server: bearer token (default: $VLA_TOKEN)")
     p.add_argument("--tls", default=None, metavar="PEM|system",

@@ -53,6 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sec.add_argument("--tls-key", help="PEM private key")
 
 
+def use_default_model(args) -> None:
+    """Nothing named: serve the committed default model (policy, its CLIP and the scene CoOp context)."""
+    from vla.default_model import CONTEXT_FILE, DEFAULT_DIR, default_checkpoint, default_clip
+    from vla.errors import UserError
+
+    found = default_checkpoint()
+    if found is None:
+        raise UserError(f"nothing to serve: no default model is committed in {DEFAULT_DIR}; give --checkpoint DIR, "
+                        "--policy noop|tiny or --clip MODEL")
+    args.checkpoint = str(found)
+    args.clip, args.clip_weights = default_clip()
+    args.coop_context = [f"scenes={found / CONTEXT_FILE}", *args.coop_context]
+
+
 def build_policy(args):
     from vla.errors import UserError
 
@@ -119,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path and not os.path.isfile(path):
             raise UserError(f"TLS file not found: {path}")
+    if not (args.checkpoint or args.policy or args.clip):
+        use_default_model(args)
     policy, vision = build_policy(args), build_vision(args)
-    if policy is None and vision is None:
-        raise UserError("nothing to serve: give --checkpoint DIR, --policy noop|tiny or --clip MODEL")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.token and cfg.tls_cert):
         log.warning("serving on %s without %s: anyone who can reach this port can use the model", args.host,
                     " and ".join(n for n, v in (("--token", cfg.token), ("TLS", cfg.tls_cert)) if not v))
