@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_TASKS = "reach-v3,push-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3"
+DEMO_TASKS = "drawer-close-v3,door-open-v3,window-close-v3,drawer-open-v3,reach-v3"
 
 
 def register(sub) -> None:
