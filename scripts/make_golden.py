@@ -27,10 +27,10 @@ def weights_sha256(checkpoint: Path) -> str:
 def main() -> int:
     import numpy as np
     import torch
-    from safetensors.torch import save_file
 
     from sim.env import MetaWorldRGBD
     from vla.default_model import default_checkpoint
+    from vla.files import save_safetensors_atomic
     from vla.policy import VLAPolicy
 
     ckpt = default_checkpoint()
@@ -51,9 +51,7 @@ def main() -> int:
     tensors["expected_actions"] = torch.from_numpy(chunk.astype(np.float32))
     meta = {"instruction": obs["instruction"], "task": TASK, "seed": str(SEED),
             "weights_sha256": weights_sha256(ckpt), "config": (ckpt / "config.json").read_text()}
-    tmp = GOLDEN.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(GOLDEN)
+    save_safetensors_atomic(tensors, GOLDEN, metadata=meta)
     print(f"wrote {GOLDEN}: {TASK} seed {SEED}, '{obs['instruction']}', expected chunk {chunk[0].round(3).tolist()}")
     return 0
 
