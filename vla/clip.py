@@ -201,10 +201,12 @@ def load_clip(
     pretrained: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    weights_follow: bool = False,
 ) -> ClipEncoder:
     """Build an open_clip model by name and load weights from a local file, a tag, or nothing (random).
 
     The model is returned in eval mode; local files are loaded strictly (a key mismatch names the keys).
+    weights_follow: the caller loads the weights afterwards (a policy checkpoint), so a random init is not logged.
     """
     device = check_device(device)
     model_name = resolve_model_name(model_name, None if pretrained is None else str(pretrained))
@@ -234,7 +236,7 @@ def load_clip(
                 f"unexpected keys {list(unexpected)[:5]} (is --model right?)"
             )
         model.to(device)
-    elif pretrained is None:
+    elif pretrained is None and not weights_follow:
         log.info("%s: no weights given, random initialisation (seed 0)", model_name)
     model.eval()
     with _quiet_root_logger():

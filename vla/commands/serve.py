@@ -1,6 +1,7 @@
 """`vla serve`: serve a policy (and optionally CLIP classification/embeddings) over gRPC.
 
-    vla serve --checkpoint out/policy                  # 127.0.0.1:50051
+    vla serve                                          # the committed default model (+ its CLIP), 127.0.0.1:50051
+    vla serve --checkpoint out/policy                  # your checkpoint
     vla serve --policy noop --port 0 --ready-file p    # zero chunks: measures the serving layer alone
     VLA_TOKEN=secret vla serve --checkpoint DIR --host 0.0.0.0 --tls-cert c.pem --tls-key k.pem
 

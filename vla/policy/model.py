@@ -119,7 +119,7 @@ class VLAPolicy(nn.Module):
 
         grid = action_grid if action_grid is not None else synthetic_grid(config)
         pretrained = config.clip_pretrained if load_pretrained else None
-        clip = load_clip(config.clip_model, pretrained)
+        clip = load_clip(config.clip_model, pretrained, weights_follow=not load_pretrained)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             policy = cls(config, grid, clip, stats)
