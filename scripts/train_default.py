@@ -206,13 +206,9 @@ class Pipeline:
         classes = scene_classes(self.p.tasks)
         extra = {"policy_loss.png": w / "policy" / "loss.png", "clip_loss.png": w / "clip" / "clip_loss.png",
                  "eval.json": self._write_eval_json()}
-        card = self.model_card(size_mb=0.0)
         info = export(w / "policy" / "policy", w / "clip" / "clip.safetensors",
-                      w / "coop" / "scene_context.safetensors", classes, self.export_dir, extra, card)
-        card = self.model_card(size_mb=info["bytes"] / 2**20)  # the card states the final size
-        from vla.files import write_text_atomic
-
-        write_text_atomic(self.export_dir / "MODEL_CARD.md", card)
+                      w / "coop" / "scene_context.safetensors", classes, self.export_dir, extra,
+                      card=lambda nbytes: self.model_card(size_mb=nbytes / 2**20))
         print(f"exported {self.export_dir} ({info['bytes'] / 2**20:.1f} MiB)", flush=True)
 
     # --- reports -----------------------------------------------------------------------------------------
@@ -233,7 +229,7 @@ class Pipeline:
         lines = ["| task | policy success | 95% CI | mean steps | expert success | expert 95% CI |",
                  "|---|---|---|---|---|---|"]
         for task, r in [*pol["tasks"].items(), ("**MT average**", pol["overall"])]:
-            x = (exp["tasks"].get(task) if task in exp["tasks"] else exp["overall"]) if exp else None
+            x = exp["tasks"].get(task, exp["overall"]) if exp else None
             ex = f"{x['success_rate']:.2f} | [{x['ci95'][0]:.2f}, {x['ci95'][1]:.2f}]" if x else "n/a | n/a"
             lines.append(f"| {task} | {r['success_rate']:.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | "
                          f"{r['mean_steps']:.1f} | {ex} |")

@@ -184,7 +184,9 @@ def resolve_model_name(model_name: str, pretrained: str | None) -> str:
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here, or a UserError naming the bad value."""
+    """A torch device that exists here ('auto': CUDA when available, else CPU), or a UserError naming the value."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as e:

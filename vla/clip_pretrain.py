@@ -167,14 +167,13 @@ def pretrain(data: str | os.PathLike, out_dir: str | os.PathLike, pc: PretrainCo
     """Train (or resume) and write OUT/clip.safetensors; returns a summary."""
     from tqdm import tqdm
 
-    from vla.clip import load_clip
+    from vla.clip import check_device, load_clip
     from vla.policy.checkpoint import recover_dir, write_dir_atomic
     from vla.policy.data import augment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda" if pc.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if pc.device == "auto" else pc.device))
+    dev = check_device(pc.device)
     frames = FrameCaptions(data)
     ckpt = recover_dir(out / "checkpoint")
     clip = load_clip(pc.model, str(ckpt / "clip.safetensors") if ckpt else None, device=dev)
@@ -214,25 +213,21 @@ def pretrain(data: str | os.PathLike, out_dir: str | os.PathLike, pc: PretrainCo
                 f.write(json.dumps(rec) + "\n")
         if done % pc.save_every == 0 or done == pc.steps:
             def write(tmp: Path, step=done) -> None:
-                save_safetensors_atomic(_state(model), tmp / "clip.safetensors")
+                save_safetensors_atomic(model.state_dict(), tmp / "clip.safetensors")
                 torch.save({"optimizer": opt.state_dict(), "step": step}, tmp / "train_state.pt")
             write_dir_atomic(out / "checkpoint", write)
             plot_curve(metrics, out / "clip_loss.png")
     bar.close()
     model.eval()
-    save_safetensors_atomic(_state(model), out / "clip.safetensors", metadata={"model": pc.model})
+    save_safetensors_atomic(model.state_dict(), out / "clip.safetensors", metadata={"model": pc.model})
     summary = {"model": pc.model, "steps": pc.steps, "start_step": start, "tasks": frames.tasks,
                "last": rec, "config": asdict(pc)}
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-
-
-def plot_curve(metrics: Path, png: Path, key: str = "loss", title: str = "CLIP contrastive loss") -> None:
-    """One metric against step, matplotlib Agg, written atomically."""
+def plot_curve(metrics: Path, png: Path) -> None:
+    """The contrastive loss against step, matplotlib Agg, written atomically."""
     recs = read_jsonl(metrics)
     if not recs:
         return
@@ -242,10 +237,10 @@ def plot_curve(metrics: Path, png: Path, key: str = "loss", title: str = "CLIP c
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in recs], [r[key] for r in recs])
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
     ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(title)
+    ax.set_ylabel("loss")
+    ax.set_title("CLIP contrastive loss")
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -21,17 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from vla.policy.checkpoint import FILES as POLICY_FILES
+
 DEFAULT_DIR = Path(__file__).parent / "assets" / "default"
 CLIP_FILE, CONTEXT_FILE, CLASSES_FILE = "clip.safetensors", "scene_context.safetensors", "scene_classes.json"
 MAX_BYTES = 50 * 2**20  # the committed directory must stay under 50 MB
+REQUIRED_FILES = (*POLICY_FILES, CLIP_FILE, CONTEXT_FILE, CLASSES_FILE)
 
 
 def default_checkpoint() -> Path | None:
     """DEFAULT_DIR when a complete default model is committed there, else None."""
     d = DEFAULT_DIR
-    need = ("model.safetensors", "config.json", "action_grid.json", "stats.json", CLIP_FILE, CONTEXT_FILE,
-            CLASSES_FILE)
-    return d if all((d / f).is_file() for f in need) else None
+    return d if all((d / f).is_file() for f in REQUIRED_FILES) else None
 
 
 def default_clip() -> tuple[str, str] | None:
@@ -75,7 +76,6 @@ def folder_name(classname: str) -> str:
 def render_scenes(tasks, seeds, out: str | os.PathLike, image_size: int = 128, progress: bool = False) -> Path:
     """First frame of each (task, seed) -> OUT/<scene class>/<task>_s<seed>.png (a labelled image folder).
     Existing images are kept (rerunning is cheap)."""
-    from PIL import Image
     from tqdm import tqdm
 
     from sim.env import MetaWorldRGBD
@@ -94,18 +94,25 @@ def render_scenes(tasks, seeds, out: str | os.PathLike, image_size: int = 128, p
                 if env is None:
                     env = MetaWorldRGBD(task=task, image_size=image_size, depth=False)
                 obs, _ = env.reset(seed=int(seed), options={"task": task})
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray(obs["rgb"][0]).save(tmp)
-                os.replace(tmp, path)
+                _save_png(path, obs["rgb"][0])
     finally:
         if env is not None:
             env.close()
     return out
 
 
+def _save_png(path: Path, rgb) -> None:
+    """Atomically: the temp name ends in .tmp, which the image-folder scanner skips if a run dies mid-write."""
+    from PIL import Image
+
+    from vla.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb)).save(tmp, format="PNG")
+
+
 def episode_scenes(data: str | os.PathLike, out: str | os.PathLike, per_task: int) -> Path:
     """First frames of up to `per_task` training episodes per task -> a labelled image folder (CoOp shots)."""
-    from PIL import Image
 
     from sim.dataset import NpzEpisodeSource
 
@@ -122,15 +129,14 @@ def episode_scenes(data: str | os.PathLike, out: str | os.PathLike, per_task: in
         path = folder / f"{e['task']}_s{e['seed']}.png"
         if not path.exists():
             rgb, _ = src.frame(i, 0, [0])
-            tmp = path.with_suffix(".tmp.png")
-            Image.fromarray(np.asarray(rgb[0])).save(tmp)
-            os.replace(tmp, path)
+            _save_png(path, rgb[0])
     return out
 
 
 def export(policy_dir: Path, clip_file: Path, context_file: Path, classes: dict[str, str], out: Path,
-           extra_files: dict[str, Path], card: str) -> dict[str, Any]:
-    """Write the default-model directory atomically: fp16 policy + CLIP, scene context, card; -> sizes."""
+           extra_files: dict[str, Path], card) -> dict[str, Any]:
+    """Write the default-model directory atomically: fp16 policy + CLIP, scene context, and last the card,
+    `card(bytes of the other files) -> text`; -> sizes."""
     from safetensors.torch import load_file
 
     from vla.files import save_safetensors_atomic, write_json_atomic, write_text_atomic
@@ -153,7 +159,7 @@ def export(policy_dir: Path, clip_file: Path, context_file: Path, classes: dict[
         for name, src in extra_files.items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
-        write_text_atomic(tmp / "MODEL_CARD.md", card)
+        write_text_atomic(tmp / "MODEL_CARD.md", card(sum(f.stat().st_size for f in tmp.iterdir())))
 
     write_dir_atomic(out, write)
     sizes = {p.name: p.stat().st_size for p in sorted(Path(out).iterdir())}

@@ -78,18 +78,14 @@ def test_coop_train_then_eval_beats_templates(colour_folder, tmp_path):
     assert coop_acc >= 0.8 and coop_acc > tmpl_acc
 
 
-def test_model_defaults_to_committed_clip(monkeypatch, tmp_path):
+def test_model_defaults_to_committed_clip(fake_default_model):
     from vla import default_model
     from vla.errors import UserError
 
-    monkeypatch.setattr(default_model, "DEFAULT_DIR", tmp_path)
     assert default_model.resolve_clip(None, None) == ("vla-tiny", None)  # nothing committed: random tiny tower
     assert default_model.resolve_clip("ViT-B-32", "w.safetensors") == ("ViT-B-32", "w.safetensors")
     with pytest.raises(UserError, match="--pretrained w.safetensors: also give --model"):
         default_model.resolve_clip(None, "w.safetensors")
-    for name in ("model.safetensors", "action_grid.json", "stats.json", default_model.CLIP_FILE,
-                 default_model.CONTEXT_FILE, default_model.CLASSES_FILE):
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / "config.json").write_text(json.dumps({"clip_model": "vla-small"}))
-    assert default_model.resolve_clip(None, None) == ("vla-small", str(tmp_path / default_model.CLIP_FILE))
+    folder = fake_default_model()
+    assert default_model.resolve_clip(None, None) == ("vla-small", str(folder / default_model.CLIP_FILE))
     assert default_model.resolve_clip("vla-tiny", None) == ("vla-tiny", None)

@@ -30,21 +30,17 @@ def test_serve_refuses_bad_flags(argv, match):
         serve.run(_args(argv))
 
 
-def test_serve_without_flags_uses_the_default_model(monkeypatch, tmp_path):
+def test_serve_without_flags_uses_the_default_model(fake_default_model, tmp_path):
     from vla import default_model
 
-    monkeypatch.setattr(default_model, "DEFAULT_DIR", tmp_path)
     with pytest.raises(UserError, match=f"nothing to serve: no default model is committed in {tmp_path}"):
         serve.run(_args([]))
-    for name in ("model.safetensors", "action_grid.json", "stats.json", default_model.CLIP_FILE,
-                 default_model.CONTEXT_FILE, default_model.CLASSES_FILE):
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / "config.json").write_text(json.dumps({"clip_model": "vla-small"}))
+    folder = fake_default_model()
     args = _args(["--coop-context", "mine=m.safetensors"])
     serve.use_default_model(args)
-    assert args.checkpoint == str(tmp_path)
-    assert (args.clip, args.clip_weights) == ("vla-small", str(tmp_path / default_model.CLIP_FILE))
-    assert args.coop_context == [f"scenes={tmp_path / default_model.CONTEXT_FILE}", "mine=m.safetensors"]
+    assert args.checkpoint == str(folder)
+    assert (args.clip, args.clip_weights) == ("vla-small", str(folder / default_model.CLIP_FILE))
+    assert args.coop_context == [f"scenes={folder / default_model.CONTEXT_FILE}", "mine=m.safetensors"]
 
 
 def test_bench_serve_runs(tmp_path):

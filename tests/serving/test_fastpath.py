@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import FakePolicy, batch_of, make_obs
+from test_batching import _wait_for
 
 from vla._proto.v1 import policy_pb2
 from vla.client import RemotePolicy, observation_message
@@ -92,8 +93,10 @@ class FailingPolicy(FakePolicy):
     def __init__(self):
         super().__init__()
         self.gate = threading.Event()
+        self.attempts: list[int] = []  # batch size of every forward pass, failed ones included
 
     def predict(self, obs):
+        self.attempts.append(len(obs["instruction"]))
         assert self.gate.wait(30)
         if any("boom" in s for s in obs["instruction"]):
             raise RuntimeError("model exploded")
@@ -107,20 +110,21 @@ def test_model_failure_reaches_every_caller_of_the_batch(server_factory):
     remote.info()
     first = remote._policy.Predict.future(policy_pb2.PredictRequest(
         observation=observation_message(make_obs(0), ["corner"])), timeout=30)  # blocks the model thread
-    time.sleep(0.2)
+    _wait_for(lambda: policy.attempts == [1])
     booms = []
     for i in range(3):
         obs = make_obs(i + 1)
         obs["instruction"] = f"boom {i}"
         booms.append(remote._policy.Predict.future(policy_pb2.PredictRequest(
             observation=observation_message(obs, ["corner"])), timeout=30))
-    time.sleep(0.2)
+    _wait_for(lambda: srv.metrics.queue_depth() == 3)
     policy.gate.set()
     assert first.result().actions.shape == [4, 4]
     for f in booms:
         with pytest.raises(grpc.RpcError) as e:
             f.result()
         assert e.value.code() == grpc.StatusCode.INTERNAL and "model exploded" in e.value.details()
+    assert policy.attempts[:2] == [1, 3]  # the three failed together, in one forward pass
     assert remote.predict(make_obs(9)).shape == (4, 4)  # still serving
     remote.close()
 

@@ -123,20 +123,15 @@ class PolicyServer:
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._names = names
         self._stopped = asyncio.Event()
         log_event("serving", host=cfg.host, port=self.port, services=names, tls=bool(cfg.tls_cert),
                   auth=bool(cfg.token), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
         return self.port
 
     def _model_stopped(self, e: BaseException) -> None:
-        """(Event loop.) The model thread died: health NOT_SERVING so balancers and clients go elsewhere."""
-
-        async def not_serving():
-            for name in ["", *self._names]:
-                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-        self._not_serving_task = asyncio.ensure_future(not_serving())  # kept: the loop holds tasks weakly
+        """(Event loop.) The model thread died: every service NOT_SERVING for good (grpc-health's shutdown
+        switch), so balancers and clients go elsewhere."""
+        self._not_serving_task = asyncio.ensure_future(self.health.enter_graceful_shutdown())  # loop holds it weakly
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first, then refuse new RPCs and let in-flight ones finish within `grace` seconds."""
