@@ -8,6 +8,8 @@ instruction str, action (4,) float32, actions (T, 4) float32 = actions t..t+T-1 
 episode's last action, action_mask (T,) bool (False on padding), episode_index / task_id / frame_index int,
 task str. Episodes are split into train/val by seed (sim.schema.is_val_seed).
 
+Several folders (expert demonstrations, noise-injected ones, DAgger rounds) train as one dataset:
+`EpisodeDataset(["data/expert", "data/dagger1"])`, or `vla train --data data/expert,data/dagger1`.
 Other data (another simulator, teleoperation logs) plugs in by implementing `EpisodeSource`.
 """
 
@@ -77,10 +79,50 @@ class NpzEpisodeSource:
         return self._reader(index).frame(t, views)
 
 
+class ConcatSource:
+    """Several episode sources as one (DAgger trains on the union of its rounds); they must share cameras."""
+
+    def __init__(self, sources: list[EpisodeSource]):
+        if not sources:
+            raise UserError("no episode folders given")
+        cams = [tuple(s.cameras) for s in sources]
+        if len(set(cams)) != 1:
+            raise UserError(f"episode folders recorded different cameras {cams}: train on folders of one layout")
+        layouts = {(m.get("image_size"), m.get("depth")) for m in (getattr(s, "manifest", None) for s in sources) if m}
+        if len(layouts) > 1:
+            raise UserError(f"episode folders differ in (image_size, depth): {sorted(layouts, key=str)}")
+        self.sources, self.cameras = sources, cams[0]
+        self._where = [(k, i) for k, s in enumerate(sources) for i in range(len(s.episodes()))]
+        self._episodes = [e for s in sources for e in s.episodes()]
+
+    def episodes(self) -> list[dict[str, Any]]:
+        return self._episodes
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        k, i = self._where[index]
+        return self.sources[k].arrays(i)
+
+    def frame(self, index: int, t: int, views: list[int]):
+        k, i = self._where[index]
+        return self.sources[k].frame(i, t, views)
+
+
+def open_source(root: str | os.PathLike | EpisodeSource | list) -> EpisodeSource:
+    """A folder, a comma-separated list of folders, a list of folders or sources, or a source -> one source."""
+    if hasattr(root, "frame"):
+        return root
+    if isinstance(root, (str, os.PathLike)) and "," in os.fspath(root):
+        root = [r for r in os.fspath(root).split(",") if r]
+    if isinstance(root, (list, tuple)):
+        parts = [open_source(r) for r in root]
+        return parts[0] if len(parts) == 1 else ConcatSource(parts)
+    return NpzEpisodeSource(root)
+
+
 class EpisodeDataset(torch.utils.data.Dataset):
     """Samples (episode, step) with future-action chunks; see the module docstring for the keys."""
 
-    def __init__(self, root: str | os.PathLike | EpisodeSource, split: str = "train", chunk_len: int = 8,
+    def __init__(self, root: str | os.PathLike | EpisodeSource | list, split: str = "train", chunk_len: int = 8,
                  cameras: tuple[str, ...] | list[str] | None = None, val_every: int = 10):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split={split!r} is not 'train', 'val' or 'all'")
@@ -88,7 +130,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise ValueError(f"chunk_len={chunk_len} must be >= 1")
         if val_every < 2:
             raise ValueError(f"val_every={val_every} must be >= 2")
-        self.source = root if hasattr(root, "frame") else NpzEpisodeSource(root)
+        self.source = open_source(root)
         recorded = tuple(self.source.cameras)
         cameras = tuple(cameras) if cameras else recorded
         missing = [c for c in cameras if c not in recorded]

@@ -1,9 +1,10 @@
-"""Reference policies for the evaluation runner: Meta-World's scripted experts and uniform random actions."""
+"""Reference policies for the evaluation runner (Meta-World's scripted experts, uniform random actions) and the
+labellers that annotate visited states for DAgger and noise-injected collection."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -64,3 +65,33 @@ class RandomPolicy:
     def predict(self, obs_batch: dict[str, Any]) -> np.ndarray:
         b = len(obs_batch["state"])
         return self._rng.uniform(-1.0, 1.0, (b, self.chunk_len, schema.ACTION_DIM)).astype(np.float32)
+
+
+@runtime_checkable
+class Labeller(Protocol):
+    """Who says what the robot should have done in a visited state: the DAgger teacher.
+
+    `label(obs, info)` gets one environment observation (sim.schema keys, unbatched) and the `info` dict that
+    came with it (`info["raw_obs"]`, `info["task"]` in simulation) and returns the (4,) action to learn. A
+    scripted expert (below) can label any state; a person correcting a real robot (intervention data) is another
+    labeller with the same one method.
+    """
+
+    def label(self, obs: dict[str, Any], info: dict[str, Any]) -> np.ndarray: ...
+
+
+class ExpertLabeller:
+    """Meta-World's scripted expert as a labeller: it reads only the 39-D state vector and keeps no memory.
+
+    Label the observation `step()` returned (its `info["raw_obs"]`); calling the environment's `_get_obs()`
+    again would advance Meta-World's built-in frame stack and give the expert a different state.
+    """
+
+    def __init__(self):
+        self._expert = ExpertPolicy()
+
+    def label(self, obs: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
+        raw = np.asarray(info["raw_obs"], dtype=np.float64)
+        if raw.shape != (schema.RAW_OBS_DIM,):
+            raise ValueError(f"ExpertLabeller needs info['raw_obs'] of shape ({schema.RAW_OBS_DIM},), got {raw.shape}")
+        return self._expert.predict({"raw_obs": raw[None], "task": [info["task"]]})[0, 0]

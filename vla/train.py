@@ -160,12 +160,13 @@ def save_training_checkpoint(folder: Path, policy, optimizer, step: int, tc: Tra
     write_dir_atomic(folder, write)
 
 
-def load_training_checkpoint(folder: Path, config: PolicyConfig, device: torch.device):
-    """(policy, optimizer state, step) from OUT/checkpoint; refuses a checkpoint of another architecture."""
+def load_training_checkpoint(folder: Path, config: PolicyConfig | None, device: torch.device):
+    """(policy, optimizer state, step) from OUT/checkpoint; refuses a checkpoint of another architecture
+    (config None: a run started from a trained policy, whose own config the checkpoint carries)."""
     from vla.policy.model import VLAPolicy
 
     saved = json.loads((folder / "config.json").read_text())
-    want = config.to_dict()
+    want = config.to_dict() if config is not None else saved
     ignore = {"model_version", "image_size", "clip_pretrained", "extra"}
     diff = sorted(k for k in set(saved) | set(want) if k not in ignore and saved.get(k) != want.get(k))
     if diff:
@@ -240,10 +241,23 @@ def _to_device(batch: dict[str, Any], policy, tc: TrainConfig, step: int, rank: 
 
 
 # --- the loop -------------------------------------------------------------------------------------------
+def init_policy(path: str | os.PathLike, dataset: PolicyDataset, device: torch.device):
+    """A trained policy to continue from (DAgger rounds, fine-tuning): its weights, action grid and statistics
+    are kept, so its tokens mean what they meant; the dataset must have its cameras."""
+    from vla.policy.checkpoint import load_policy
+
+    policy = load_policy(path, device)
+    if tuple(dataset.cameras) != tuple(policy.config.cameras):
+        raise UserError(f"--init {path}: the policy was trained on cameras {list(policy.config.cameras)}, the "
+                        f"dataset has {list(dataset.cameras)}")
+    return policy
+
+
 def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLike, tc: TrainConfig,
-          resume: bool = True, on_step=None) -> dict[str, Any]:
+          resume: bool = True, on_step=None, init: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) and write OUT/policy; returns a summary. `on_step(step, record)` is called after
-    every step (rank 0), e.g. to stop early."""
+    every step (rank 0), e.g. to stop early. `init`: start from this trained policy (its config, grid and
+    statistics replace `config`) instead of a fresh one; a resumable checkpoint in OUT still wins."""
     from tqdm import tqdm
 
     rank, world, dev = setup_distributed(tc.device)
@@ -251,8 +265,11 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
     ckpt = out / "checkpoint"
     found = recover_dir(ckpt) if resume else None
     if found is not None:
-        policy, opt_state, start = load_training_checkpoint(found, config, dev)
+        policy, opt_state, start = load_training_checkpoint(found, config if init is None else None, dev)
         log.info("resuming from %s at step %d", found, start)
+    elif init is not None:
+        policy, opt_state, start = init_policy(init, dataset, dev), None, 0
+        log.info("starting from the trained policy %s", init)
     else:
         policy, opt_state, start = build_policy(config, dataset, tc, dev), None, 0
     policy.train()

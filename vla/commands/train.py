@@ -11,9 +11,13 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train the VLA policy (behaviour cloning over action-grid tokens)",
                        description=__doc__)
     p.add_argument("--data", required=True,
-                   help="episode dataset folder (vla collect), or synthetic:N for N random samples (smoke test)")
+                   help="episode dataset folder (vla collect), several joined by commas (expert + noise + DAgger "
+                        "rounds train as one), or synthetic:N for N random samples (smoke test)")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, policy/, metrics.jsonl, loss.png")
     p.add_argument("--config", default="default", help="tiny | default | path to a policy config JSON")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="continue from this trained policy (its config, action grid and statistics; new optimiser): "
+                        "DAgger rounds and fine-tuning")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default 32)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
@@ -40,6 +44,10 @@ def run(args) -> int:
     from vla.train import train, train_config_from_args
 
     config = PolicyConfig.resolve(args.config)
+    if args.init is not None:
+        from vla.policy.checkpoint import load_config
+
+        config = load_config(args.init)
     tc = train_config_from_args(args)
     if args.data.startswith("synthetic:"):
         from vla.clip import load_clip
@@ -61,6 +69,6 @@ def run(args) -> int:
             raise UserError(f"--data {args.data}: {e}") from None
     if len(dataset) == 0:
         raise UserError(f"--data {args.data}: no training samples")
-    summary = train(config, dataset, args.out, tc, resume=args.resume)
+    summary = train(config, dataset, args.out, tc, resume=args.resume, init=args.init)
     print(json.dumps(summary))
     return 0

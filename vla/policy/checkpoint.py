@@ -99,6 +99,16 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
+def load_config(path: str | os.PathLike):
+    """The PolicyConfig of a checkpoint directory, without building the model."""
+    from vla.policy.config import PolicyConfig
+
+    folder = recover_dir(path)
+    if folder is None or not (folder / "config.json").is_file():
+        raise UserError(f"policy checkpoint not found (no config.json): {path}")
+    return PolicyConfig.from_dict(_read_json(folder / "config.json"))
+
+
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a policy from a checkpoint directory; refuse (UserError naming the field/keys) what does not fit."""
     from safetensors import SafetensorError

@@ -54,6 +54,10 @@ class PolicyConfig:
     ego3d_centre: tuple[float, float, float] = (0.0, 0.0, 2.0)
     ego3d_scale: float = 2.0
     control_hz: float | None = None
+    # How the model was evaluated, so that `vla eval`, `vla demo` and the client run it the same way by default:
+    # actions executed from each chunk before re-planning (None: not set, runners use 1), temporal ensembling.
+    exec_horizon: int | None = None
+    exec_ensemble: bool = False
     model_version: str = "untrained"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,7 +94,9 @@ class PolicyConfig:
         _check(self.width % self.heads == 0, "heads", self.heads, f"a divisor of width={self.width}")
         _check(len(self.layers) >= 1 and all(k in LAYER_KINDS for k in self.layers), "layers", self.layers,
                f"a non-empty list of {LAYER_KINDS}")
-        for name in ("text_finetune", "vision_trainable", "ego3d"):
+        _check(self.exec_horizon is None or (_pos_int(self.exec_horizon) and self.exec_horizon <= self.chunk_len),
+               "exec_horizon", self.exec_horizon, f"null or an int in [1, chunk_len={self.chunk_len}]")
+        for name in ("text_finetune", "vision_trainable", "ego3d", "exec_ensemble"):
             _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         _check(_is_seq(self.ego3d_centre) and len(self.ego3d_centre) == 3
                and all(math.isfinite(c) for c in self.ego3d_centre), "ego3d_centre", self.ego3d_centre,
