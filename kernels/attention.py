@@ -28,6 +28,8 @@ if _dispatch.HAS_TRITON:
 
 __all__ = ["attention", "attention_ref", "allowed_mask"]
 
+INTERPRET_BLOCK = 64  # queries (and keys) per program under the interpreter; tests size N against it
+
 
 def allowed_mask(mask, causal: bool, prefix_len, nq: int, nk: int, device) -> torch.Tensor | None:
     """Boolean (B or 1, 1, Nq, Nk) mask of visible keys, or None when every key is visible."""
@@ -130,6 +132,16 @@ if _dispatch.HAS_TRITON:
     )
 
 
+def upcasts(dtype: torch.dtype) -> bool:
+    """Whether the kernel computes in fp32 (``UPCAST``) rather than on half-precision tiles.
+
+    fp32 always does; on the GPU fp16 and bf16 take the half-precision branch (half tensor-core dots). The
+    interpreter computes fp16 tiles correctly (numpy float16) but not bf16 (stored as uint16), so there only
+    bf16 is upcast: the interpreter tests cover the half-precision branch through fp16.
+    """
+    return dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16)
+
+
 def attention_forward(q, k, v, mask, has_mask: bool, causal: bool, scale: float, prefix_len: int,
                       precision: str) -> torch.Tensor:
     """Launch the fused forward; ``mask`` is an int8 (B, Nk) tensor (ignored unless ``has_mask``)."""
@@ -137,13 +149,13 @@ def attention_forward(q, k, v, mask, has_mask: bool, causal: bool, scale: float,
     NK = k.shape[2]
     out = _dispatch.empty(q.shape, q.dtype, q.device)
     block_d = max(triton.next_power_of_2(DH), 16)
-    upcast = INTERPRET or q.dtype == torch.float32
+    upcast = upcasts(q.dtype)
     args = (q, k, v, mask, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, NQ, NK, DH,
             scale * 1.4426950408889634, prefix_len)
     meta = dict(HAS_MASK=has_mask, CAUSAL=causal, UPCAST=upcast, PRECISION=precision, BLOCK_D=block_d)
     if INTERPRET:  # one program covers up to 64 queries: the interpreter pays ~2 ms per program
-        block_m = min(max(triton.next_power_of_2(NQ), 16), 64)
-        block_n = min(max(triton.next_power_of_2(NK), 16), 64)
+        block_m = min(max(triton.next_power_of_2(NQ), 16), INTERPRET_BLOCK)
+        block_n = min(max(triton.next_power_of_2(NK), 16), INTERPRET_BLOCK)
         launch(_attn_fwd, (triton.cdiv(NQ, block_m), B * H), *args, BLOCK_M=block_m, BLOCK_N=block_n, **meta)
     else:
         launch(_attn_fwd_tuned, lambda m: (triton.cdiv(NQ, m["BLOCK_M"]), B * H), *args, **meta)
