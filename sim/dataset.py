@@ -10,6 +10,7 @@ task str. Episodes are split into train/val by seed (sim.schema.is_val_seed).
 
 Several folders (expert demonstrations, noise-injected ones, DAgger rounds) train as one dataset:
 `EpisodeDataset(["data/expert", "data/dagger1"])`, or `vla train --data data/expert,data/dagger1`.
+A LeRobot dataset folder (it holds meta/info.json) opens as `sim.lerobot.LeRobotSource`.
 Other data (another simulator, teleoperation logs) plugs in by implementing `EpisodeSource`.
 """
 
@@ -116,7 +117,9 @@ def open_source(root: str | os.PathLike | EpisodeSource | list) -> EpisodeSource
     if isinstance(root, (list, tuple)):
         parts = [open_source(r) for r in root]
         return parts[0] if len(parts) == 1 else ConcatSource(parts)
-    return NpzEpisodeSource(root)
+    from sim.lerobot import LeRobotSource, is_lerobot_dataset
+
+    return LeRobotSource(root) if is_lerobot_dataset(root) else NpzEpisodeSource(root)
 
 
 class EpisodeDataset(torch.utils.data.Dataset):
@@ -167,7 +170,6 @@ class EpisodeDataset(torch.utils.data.Dataset):
         rgb, depth = self.source.frame(ep, t, self.views)
         sample = {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb)),
-            "intrinsics": torch.from_numpy(np.ascontiguousarray(arrays["intrinsics"][self.views])),
             "state": torch.from_numpy(np.ascontiguousarray(arrays["state"][t])),
             "instruction": meta["instruction"],
             "action": torch.from_numpy(actions[t].copy()),
@@ -178,6 +180,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
             "task": meta["task"],
             "frame_index": t,
         }
+        if arrays.get("intrinsics") is not None:  # absent where no camera model was recorded (most LeRobot data)
+            sample["intrinsics"] = torch.from_numpy(np.ascontiguousarray(arrays["intrinsics"][self.views]))
         if depth is not None:
             sample["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
         return sample

@@ -12,7 +12,12 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--data", required=True,
                    help="episode dataset folder (vla collect), several joined by commas (expert + noise + DAgger "
-                        "rounds train as one), or synthetic:N for N random samples (smoke test)")
+                        "rounds train as one), a LeRobot dataset folder (v3.0 / v2.1), or synthetic:N for N random "
+                        "samples (smoke test)")
+    p.add_argument("--features", default=None, metavar="MAP",
+                   help="LeRobot datasets: which features feed the policy, e.g. cameras=observation.images.top,"
+                        "state=observation.state,action=action (defaults: observation.images.*, observation.state, "
+                        "action, the task as instruction)")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, policy/, metrics.jsonl, loss.png")
     p.add_argument("--config", default="default", help="tiny | default | path to a policy config JSON")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -62,9 +67,11 @@ def run(args) -> int:
                                    action_dim=config.action_dim, state_dim=config.state_dim)
     else:
         from sim.dataset import EpisodeDataset
+        from sim.lerobot import open_lerobot
 
         try:
-            dataset = EpisodeDataset(args.data, split="train", chunk_len=config.chunk_len, cameras=config.cameras)
+            data = open_lerobot(args.data, args.features, config)  # a LeRobot folder -> its source, else the path
+            dataset = EpisodeDataset(data, split="train", chunk_len=config.chunk_len, cameras=config.cameras)
         except ValueError as e:
             raise UserError(f"--data {args.data}: {e}") from None
     if len(dataset) == 0:
