@@ -10,7 +10,7 @@ import sys
 from vla.errors import UserError
 
 # Subcommand modules under vla.commands, in the order `vla --help` lists them.
-COMMANDS = ["classify", "coop", "collect", "train", "eval", "serve", "bench", "demo"]
+COMMANDS = ["classify", "coop", "collect", "dataset", "train", "eval", "serve", "bench", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
