@@ -198,3 +198,41 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
     """path -> (size, mtime_ns) of every file under root: to prove a reader wrote nothing there."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def smooth_frame(e: int, t: int, v: int = 0, size: int = SIZE) -> np.ndarray:
+    """A gradient with a square moving across it: content lossy codecs keep close (unlike noise)."""
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.stack([(x * 255 // size), (y * 255 // size), np.full_like(x, (60 * e + 90 * v) % 256)], -1)
+    c = (2 * t + 5 * e) % (size - 8)
+    img[c:c + 8, c:c + 8] = [250, 250, 40]
+    return img.astype(np.uint8)
+
+
+def make_npz(root: Path, episodes=(("reach-v3", 0, 5), ("push-v3", 1, 7), ("reach-v3", 9, 4)), cameras=("corner",),
+             depth: bool = True) -> Path:
+    """Our own layout (sim.schema) written through sim.episodes.write_episode, with a hand-made manifest."""
+    from sim.episodes import write_episode
+
+    root = Path(root)
+    root.mkdir(parents=True)
+    V = len(cameras)
+    K = np.stack([np.array([[30 + v, 0, 16], [0, 30 + v, 16], [0, 0, 1]], np.float32) for v in range(V)])
+    rows = []
+    for e, (task, seed, L) in enumerate(episodes):
+        rng = np.random.default_rng(seed)
+        instruction = f"{task.split('-')[0]} the goal"
+        arrays = {"actions": rng.uniform(-1, 1, (L, 4)).astype(np.float32),
+                  "state": rng.normal(size=(L, 4)).astype(np.float32), "rewards": np.zeros(L, np.float32),
+                  "success": np.zeros(L, bool), "intrinsics": K}
+        meta = {"task": task, "task_id": 0 if task == "reach-v3" else 1, "seed": seed, "instruction": instruction,
+                "cameras": list(cameras), "success": True}
+        rgb = [np.stack([smooth_frame(e, t, v) for v in range(V)]) for t in range(L)]
+        dep = [rng.uniform(0.3, 5.0, (V, SIZE, SIZE)).astype(np.float32) for _ in range(L)] if depth else None
+        m = write_episode(root, meta, rgb, dep, arrays)
+        rows.append({k: m[k] for k in ("file", "task", "task_id", "seed", "length", "instruction", "success")})
+    manifest = {"format": "vla-sim-episodes", "version": 1, "cameras": list(cameras), "image_size": SIZE,
+                "depth": depth, "episodes": rows}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "config.json").write_text(json.dumps({"cameras": list(cameras), "image_size": SIZE}))
+    return root
