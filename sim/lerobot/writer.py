@@ -112,12 +112,12 @@ def export_lerobot(src, dst: str | os.PathLike, codec: str = "av1", fps: int = 8
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    writers: dict[str, VideoWriter] = {}
     try:
         features = _features(cams, H, W, state_dim, action_dim, has_depth)
         schema_ = _data_schema(features)
         tasks: dict[str, int] = {}
         vkeys = [IMAGE_PREFIX + c for c in cams]
-        writers: dict[str, VideoWriter] = {}
         vfile = dict.fromkeys(vkeys, 0)
         dfile, dwriter, dbytes = 0, None, 0
         moments = {k: _Moments() for k in features}
@@ -199,8 +199,8 @@ def export_lerobot(src, dst: str | os.PathLike, codec: str = "av1", fps: int = 8
         bar.close()
         if dwriter is not None:
             dwriter.close()
-        for w in writers.values():
-            w.close()
+        while writers:
+            writers.popitem()[1].close()
         for k in vkeys:
             features[k]["info"] = video_info(tmp / VIDEO_PATH.format(video_key=k, **_chunk_file(0)))
         info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": len(episodes),
@@ -226,6 +226,11 @@ def export_lerobot(src, dst: str | os.PathLike, codec: str = "av1", fps: int = 8
             os.chmod(p, 0o755 if p.is_dir() else 0o644)  # mkdtemp makes 0700
         os.rename(tmp, dst)
     except BaseException:
+        for w in writers.values():  # end the encoders' streams before their files go
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - already failing; the original error is what matters
+                pass
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
