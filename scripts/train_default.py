@@ -1,4 +1,4 @@
-"""Train the default model from nothing: collect -> clip -> coop -> policy -> eval -> export.
+"""Train the default model from nothing: collect -> clip -> coop -> policy -> DAgger rounds -> eval -> export.
 
     python scripts/train_default.py --preset default --work work/default --export vla/assets/default  # < 2 h
     python scripts/train_default.py --preset smoke --work /tmp/smoke                                 # < 3 min
@@ -20,6 +20,10 @@ unit, the robust figure on a machine other users load; 2 threads run ~1.7x faste
     evaluation   env ~40 ms + policy ~25 ms per step; horizon 2 halves the policy calls; 10 tasks x 20 seeds,
                  <= 250 steps -> ~30k steps at ~15 steps/s ~ 30 min; the expert on the same seeds ~ 8 min
     total        ~15 + 7 + 1 + 45 + 38 = ~106 min, under the 2 h budget with ~15 min to spare
+DAgger rounds (2026-12-01): the previous round's policy drives on new seeds (beta: probability per step of executing
+the expert instead), the expert labels every visited state, and training continues from that policy on the union
+of the expert demonstrations and every round so far (`sim.collect`, `vla train --init`); each round is two
+resumable stages, collect and train. Measured in docs/policy_experiments.md.
 Predict latency: 112 px / 4 layers ~20-27 ms CPU single-thread per observation (128 px / 6 layers: ~34 ms).
 """
 
@@ -61,17 +65,30 @@ class Preset:
     eval_episodes: int = 20
     eval_max_steps: int = 250
     eval_horizon: int = 2
+    eval_ensemble: bool = False
     expert_eval: bool = True
     workers: int = 2
+    dagger: tuple[DaggerRound, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaggerRound:
+    episodes: int  # student rollouts per task
+    beta: float  # probability per step of executing the expert's action instead of the student's
+    steps: int  # training steps on the union, continuing from the driver
+    max_steps: int = 200  # rollout limit: a student stuck for longer adds near-duplicate states
+    lr: float = 1e-4
 
 
 PRESETS = {
-    "default": Preset(tasks=MT10, episodes=20),
+    "default": Preset(tasks=MT10, episodes=20, eval_max_steps=500,
+                      dagger=(DaggerRound(episodes=10, beta=0.3, steps=1500),)),
     # Seconds, not quality: proves every stage and the export end to end (tests/demo uses it).
     "smoke": Preset(tasks=("reach-v3", "drawer-open-v3"), episodes=2, policy_preset="tiny", policy_steps=6,
                     policy_batch=8, save_every=3, clip_model="vla-tiny", clip_steps=4, clip_batch=8,
                     coop_shots=2, coop_epochs=5, scene_seeds=2, eval_episodes=1, eval_max_steps=30,
-                    expert_eval=False, workers=1),
+                    expert_eval=False, workers=1,
+                    dagger=(DaggerRound(episodes=1, beta=0.5, steps=4, max_steps=10, lr=1e-4),)),
 }
 
 
@@ -105,6 +122,11 @@ class Pipeline:
         self.stage("clip", w / "clip" / "clip.safetensors", self.clip)
         self.stage("coop", w / "coop" / "done.json", self.coop)
         self.stage("policy", w / "policy" / "policy" / "config.json", self.policy)
+        for k in range(1, len(self.p.dagger) + 1):
+            self.stage(f"dagger{k}-collect", self.round_dir(k) / "data" / "done.json",
+                       lambda k=k: self.dagger_collect(k))
+            self.stage(f"dagger{k}-train", self.round_dir(k) / "policy" / "policy" / "config.json",
+                       lambda k=k: self.dagger_train(k))
         self.stage("eval", w / "eval" / "done.json", self.evaluate)
         self.stage("export", self.export_dir / "MODEL_CARD.md", self.export)
         return self.summary()
@@ -174,6 +196,49 @@ class Pipeline:
                          workers=1 if torch.cuda.is_available() else 0, progress=self.progress)
         train(config, data, self.work / "policy", tc)
 
+    # --- DAgger --------------------------------------------------------------------------------------------
+    def round_dir(self, k: int) -> Path:
+        return self.work / f"dagger{k}"
+
+    def policy_after(self, k: int) -> Path:
+        """The policy after round k (k = 0: behaviour cloning on the expert demonstrations)."""
+        return (self.work / "policy" if k == 0 else self.round_dir(k) / "policy") / "policy"
+
+    def final_policy(self) -> Path:
+        return self.policy_after(len(self.p.dagger))
+
+    def dagger_collect(self, k: int) -> None:
+        from sim.collect import CollectConfig, collect
+        from vla.files import write_json_atomic
+
+        p, r = self.p, self.p.dagger[k - 1]
+        m = collect(CollectConfig(tasks=p.tasks, episodes=r.episodes, out=str(self.round_dir(k) / "data"),
+                                  workers=p.workers, driver=str(self.policy_after(k - 1)), beta=r.beta,
+                                  horizon=p.eval_horizon, round=k, seed_start=10_000 * k, max_steps=r.max_steps),
+                    progress=self.progress)
+        ok = {t: v["successes"] for t, v in m["tasks"].items()}
+        print(f"round {k}: student + expert (beta {r.beta}) solved {sum(ok.values())}/{m['num_episodes']} "
+              f"rollouts: {ok}", flush=True)
+        write_json_atomic(self.round_dir(k) / "data" / "done.json",
+                          {"episodes": m["num_episodes"], "steps": m["num_steps"], "successes": ok})
+
+    def dagger_train(self, k: int) -> None:
+        import torch
+
+        from sim.dataset import EpisodeDataset
+        from vla.policy.checkpoint import load_config
+        from vla.train import TrainConfig, train
+
+        p, r = self.p, self.p.dagger[k - 1]
+        init = self.policy_after(k - 1)
+        config = load_config(init)
+        folders = [self.work / "data", *(self.round_dir(j) / "data" for j in range(1, k + 1))]
+        data = EpisodeDataset(folders, split="train", chunk_len=config.chunk_len, cameras=config.cameras)
+        tc = TrainConfig(steps=r.steps, batch_size=p.policy_batch, lr=r.lr, save_every=p.save_every,
+                         warmup_steps=min(100, r.steps // 10), log_every=min(10, p.save_every),
+                         workers=1 if torch.cuda.is_available() else 0, progress=self.progress)
+        train(config, data, self.round_dir(k) / "policy", tc, init=init)
+
     def evaluate(self) -> None:
         import torch
 
@@ -184,8 +249,8 @@ class Pipeline:
         p, e = self.p, self.work / "eval"
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         cfg = EvalConfig(tasks=p.tasks, episodes=p.eval_episodes, workers=p.workers, horizon=p.eval_horizon,
-                         max_steps=p.eval_max_steps, video_dir=str(e / "videos"))
-        runs = {"policy": lambda: VLAPolicy.load(self.work / "policy" / "policy", device=dev)}
+                         ensemble=p.eval_ensemble, max_steps=p.eval_max_steps, video_dir=str(e / "videos"))
+        runs = {"policy": lambda: VLAPolicy.load(self.final_policy(), device=dev)}
         if p.expert_eval:
             runs["expert"] = lambda: load_policy("expert")
         for name, make in runs.items():
@@ -204,11 +269,12 @@ class Pipeline:
 
         w = self.work
         classes = scene_classes(self.p.tasks)
-        extra = {"policy_loss.png": w / "policy" / "loss.png", "clip_loss.png": w / "clip" / "clip_loss.png",
-                 "eval.json": self._write_eval_json()}
-        info = export(w / "policy" / "policy", w / "clip" / "clip.safetensors",
+        extra = {"policy_loss.png": self.final_policy().parent / "loss.png",
+                 "clip_loss.png": w / "clip" / "clip_loss.png", "eval.json": self._write_eval_json()}
+        info = export(self.final_policy(), w / "clip" / "clip.safetensors",
                       w / "coop" / "scene_context.safetensors", classes, self.export_dir, extra,
-                      card=lambda nbytes: self.model_card(size_mb=nbytes / 2**20))
+                      card=lambda nbytes: self.model_card(size_mb=nbytes / 2**20),
+                      execution={"horizon": self.p.eval_horizon, "ensemble": self.p.eval_ensemble})
         print(f"exported {self.export_dir} ({info['bytes'] / 2**20:.1f} MiB)", flush=True)
 
     # --- reports -----------------------------------------------------------------------------------------
@@ -240,10 +306,20 @@ class Pipeline:
         from vla.policy.config import PolicyConfig
 
         w, p = self.work, self.p
-        cfg = PolicyConfig.from_dict(json.loads((w / "policy" / "policy" / "config.json").read_text()))
+        cfg = PolicyConfig.from_dict(json.loads((self.final_policy() / "config.json").read_text()))
         man = json.loads((w / "data" / "manifest.json").read_text())
         acc = json.loads((w / "coop" / "done.json").read_text())
-        summary = json.loads((w / "policy" / "metrics.jsonl").read_text().splitlines()[-1])
+        summary = json.loads((self.final_policy().parent / "metrics.jsonl").read_text().splitlines()[-1])
+        rounds = []
+        for k, r in enumerate(p.dagger, 1):
+            d = json.loads((self.round_dir(k) / "data" / "done.json").read_text())
+            rounds.append(f"round {k}: {d['episodes']} student rollouts ({d['steps']} labelled steps, seeds "
+                          f"{10_000 * k}+, beta {r.beta}, up to {r.max_steps} steps; the rollouts succeeded in "
+                          f"{sum(d['successes'].values())}), then {r.steps} training steps at lr {r.lr} on the union")
+        dagger_data = ("; ".join(rounds) + ". The previous policy drives, the scripted expert labels every visited "
+                       "state (`vla collect --driver`).") if rounds else "none."
+        dagger_training = (f", then {len(rounds)} DAgger round(s) continuing from the previous policy"
+                           if rounds else "")
         from vla.clip_pretrain import scene_captions
 
         timings = "\n".join(f"- {k}: {v / 60:.1f} min" for k, v in self.timings.items())
@@ -258,13 +334,15 @@ class Pipeline:
             chunk_len=cfg.chunk_len, n_ctx=cfg.n_ctx, policy_steps=p.policy_steps, policy_batch=p.policy_batch,
             coop_shots=p.coop_shots, scene_classes=", ".join(scene_classes(p.tasks).values()), timings=timings,
             eval_episodes=p.eval_episodes, eval_max_steps=p.eval_max_steps, eval_horizon=p.eval_horizon,
-            eval_table=self.eval_table(), n_scene=p.scene_seeds * len(p.tasks), acc_templates=acc["templates"],
+            eval_table=self.eval_table(), dagger_data=dagger_data, dagger_training=dagger_training,
+            eval_ensemble=", temporal ensembling" if p.eval_ensemble else "", n_scene=p.scene_seeds * len(p.tasks),
+            acc_templates=acc["templates"],
             acc_coop=acc["coop"], n_captions=sum(len(scene_captions(t)) for t in p.tasks))
 
     def _param_count(self) -> int:
         from safetensors import safe_open
 
-        with safe_open(str(self.work / "policy" / "policy" / "model.safetensors"), "pt") as f:
+        with safe_open(str(self.final_policy() / "model.safetensors"), "pt") as f:
             total = 0
             for k in f.keys():
                 n = 1

@@ -104,6 +104,18 @@ def load_policy(spec: str, *, seed: int = 0, token: str | None = None, tls: bool
     return VLAPolicy.load(path)
 
 
+def model_execution(policy: Any) -> dict[str, Any]:
+    """The execution settings a policy was evaluated with ({"horizon", "ensemble"}), read from its metadata
+    (in-process) or the server's model info; horizon 1 without ensembling when it states none."""
+    meta = {}
+    if callable(getattr(policy, "metadata", None)):
+        meta = policy.metadata()
+    elif isinstance(getattr(policy, "info", None), dict):
+        meta = policy.info.get("metadata", {})
+    ex = meta.get("execution") or {}
+    return {"horizon": int(ex.get("horizon") or 1), "ensemble": bool(ex.get("ensemble", False))}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval for a binomial proportion (sound at 0/n and n/n, unlike the normal one)."""
     if n == 0:

@@ -134,9 +134,10 @@ def episode_scenes(data: str | os.PathLike, out: str | os.PathLike, per_task: in
 
 
 def export(policy_dir: Path, clip_file: Path, context_file: Path, classes: dict[str, str], out: Path,
-           extra_files: dict[str, Path], card) -> dict[str, Any]:
+           extra_files: dict[str, Path], card, execution: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the default-model directory atomically: fp16 policy + CLIP, scene context, and last the card,
-    `card(bytes of the other files) -> text`; -> sizes."""
+    `card(bytes of the other files) -> text`; -> sizes. `execution` ({"horizon", "ensemble"}: how the model was
+    evaluated) goes into its config, so runners and clients execute it the same way by default."""
     from safetensors.torch import load_file
 
     from vla.files import save_safetensors_atomic, write_json_atomic, write_text_atomic
@@ -150,6 +151,8 @@ def export(policy_dir: Path, clip_file: Path, context_file: Path, classes: dict[
         half(policy_dir / "model.safetensors", tmp / "model.safetensors", {"format": "vla.policy"})
         config = json.loads((policy_dir / "config.json").read_text())
         config["clip_pretrained"] = None  # self-contained: the CLIP weights are inside model.safetensors
+        if execution is not None:
+            config.update(exec_horizon=int(execution["horizon"]), exec_ensemble=bool(execution["ensemble"]))
         write_json_atomic(tmp / "config.json", config)
         for name in ("action_grid.json", "stats.json"):
             shutil.copyfile(policy_dir / name, tmp / name)

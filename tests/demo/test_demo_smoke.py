@@ -42,8 +42,10 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     from vla.policy.config import PolicyConfig
 
     exp = smoke / "export"
-    trained, exported = load_file(str(smoke / "policy" / "policy" / "model.safetensors")), \
-        load_file(str(exp / "model.safetensors"))
+    final = smoke / "dagger1" / "policy" / "policy"  # the smoke preset ends with one DAgger round
+    trained, exported = load_file(str(final / "model.safetensors")), load_file(str(exp / "model.safetensors"))
+    bc = load_file(str(smoke / "policy" / "policy" / "model.safetensors"))
+    assert any(not bool((bc[k] == v).all()) for k, v in trained.items())  # the round trained on
     assert trained.keys() == exported.keys()
     for k, v in trained.items():
         want = v.half() if v.is_floating_point() else v
@@ -51,20 +53,25 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     cfg = json.loads((exp / "config.json").read_text())
     assert cfg["clip_pretrained"] is None  # self-contained
     assert PolicyConfig.from_dict(cfg).to_dict() == cfg
+    res = json.loads((smoke / "eval" / "policy.json").read_text())
+    # the execution settings the model was evaluated with travel in its config
+    assert (cfg["exec_horizon"], cfg["exec_ensemble"]) == (res["config"]["horizon"], res["config"]["ensemble"])
     policy = VLAPolicy.load(exp)
     assert policy.config.ego3d and policy.config.model_version.startswith("trained-")
     clip_fp32 = load_file(str(smoke / "clip" / "clip.safetensors"))
     clip_fp16 = load_file(str(exp / "clip.safetensors"))
     assert all(bool((clip_fp16[k] == v.half()).all()) for k, v in clip_fp32.items() if v.is_floating_point())
     # the card reports what was measured
-    res = json.loads((smoke / "eval" / "policy.json").read_text())
     card = (exp / "MODEL_CARD.md").read_text()
+    rollouts = json.loads((smoke / "dagger1" / "data" / "done.json").read_text())
+    assert f"round 1: {rollouts['episodes']} student rollouts ({rollouts['steps']} labelled steps" in card
     for task, r in res["tasks"].items():
         assert f"| {task} | {r['success_rate']:.2f} |" in card
     scenes = json.loads((smoke / "coop" / "done.json").read_text())
     assert f"**{scenes['templates']:.3f}**" in card and f"**{scenes['coop']:.3f}**" in card
     summary = json.loads((smoke / "summary.json").read_text())
-    assert set(summary["timings_s"]) == {"collect", "clip", "coop", "policy", "eval", "export"}
+    assert set(summary["timings_s"]) == {"collect", "clip", "coop", "policy", "dagger1-collect", "dagger1-train",
+                                         "eval", "export"}
     assert sum(p.stat().st_size for p in exp.iterdir()) < 50 * 2**20
 
 
@@ -72,7 +79,7 @@ def test_rerun_skips_finished_stages(smoke):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_default.py"), "--preset", "smoke", "--work",
                         str(smoke), "--no-progress"], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    for stage in ("collect", "clip", "coop", "policy", "eval", "export"):
+    for stage in ("collect", "clip", "coop", "policy", "dagger1-collect", "dagger1-train", "eval", "export"):
         assert f"== {stage}: done" in r.stdout
 
 

@@ -63,3 +63,35 @@ def test_policy_hook_and_bad_chunks():
     cfg = EvalConfig(tasks=("reach-v3",), episodes=1, workers=1, image_size=16, max_steps=5)
     with pytest.raises(ValueError, match=r"\(1, T, 4\)"):
         evaluate(Bad(), cfg)
+
+
+def test_eval_runs_a_model_with_the_execution_settings_it_carries(tmp_path, monkeypatch):
+    """A checkpoint whose config says horizon 3 is asked for a chunk every 3 steps by `vla eval` unless
+    --horizon says otherwise; the settings are in its metadata (what GetModelInfo serves)."""
+    from sim.evaluate import model_execution
+    from vla.commands import eval as eval_cmd
+    from vla.policy import PolicyConfig, VLAPolicy
+
+    ckpt = tmp_path / "policy"
+    VLAPolicy.from_config(PolicyConfig.tiny(exec_horizon=3)).save(ckpt)
+    assert VLAPolicy.load(ckpt).metadata()["execution"] == {"horizon": 3, "ensemble": False}
+    calls = []
+    real_predict = VLAPolicy.predict
+    monkeypatch.setattr(VLAPolicy, "predict", lambda self, obs: calls.append(1) or real_predict(self, obs))
+    parser = argparse.ArgumentParser()
+    eval_cmd.register(parser.add_subparsers())
+    for extra, horizon in (([], 3), (["--horizon", "1"], 1)):
+        calls.clear()
+        out = tmp_path / f"h{horizon}.json"
+        args = parser.parse_args(["eval", "--tasks", "reach", "--episodes", "1", "--policy", str(ckpt),
+                                  "--workers", "1", "--image-size", "32", "--max-steps", "9", "--output", str(out),
+                                  *extra])
+        assert args.func(args) == 0
+        assert json.loads(out.read_text())["config"]["horizon"] == horizon
+        assert len(calls) == 9 // horizon  # one chunk per `horizon` steps over the 9-step episode
+
+    class Served:  # what RemoteSimPolicy exposes: the server's model info
+        info = {"metadata": {"execution": {"horizon": 2, "ensemble": True}}}
+
+    assert model_execution(Served()) == {"horizon": 2, "ensemble": True}
+    assert model_execution(object()) == {"horizon": 1, "ensemble": False}

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_TASKS = "drawer-close-v3,door-open-v3,window-close-v3,drawer-open-v3,reach-v3"
+DEMO_TASKS = "mt10"  # all ten tasks, one held-out episode each by default
 
 
 def register(sub) -> None:
@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", help="default-model directory (default: the committed vla/assets/default)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--tasks", default=DEMO_TASKS, help=f"tasks to evaluate (default {DEMO_TASKS})")
-    p.add_argument("--episodes", type=int, default=2, help="held-out episodes per task (default 2)")
+    p.add_argument("--episodes", type=int, default=1, help="held-out episodes per task (default 1)")
     p.add_argument("--max-steps", type=int, default=None, help="episode limit (default: the model's eval setting)")
     p.add_argument("--horizon", type=int, default=None, help="actions per chunk (default: the model's eval setting)")
     p.add_argument("--scenes", type=int, default=5, help="held-out scene renders per task to classify (default 5)")
@@ -191,7 +191,7 @@ def evaluate_served(args, ckpt: Path, address: str, out: Path) -> dict:
     saved = _saved_eval_config(ckpt)
     try:
         cfg = EvalConfig(tasks=parse_tasks(args.tasks), episodes=args.episodes, workers=1,
-                         horizon=args.horizon or saved.get("horizon", 1),
+                         horizon=args.horizon or saved.get("horizon", 1), ensemble=saved.get("ensemble", False),
                          max_steps=args.max_steps or saved.get("max_steps", 500), instructions="heldout",
                          video_dir=str(out / "videos"))
     except ValueError as e:
@@ -212,13 +212,20 @@ def evaluate_served(args, ckpt: Path, address: str, out: Path) -> dict:
 
 
 def _saved_eval_config(ckpt: Path) -> dict:
+    """The settings the model was evaluated with: its config's execution fields, then its eval.json's."""
+    from vla.policy.checkpoint import load_config
+
+    out = {}
     path = ckpt / "eval.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text()).get("policy", {}).get("config", {})
-    except (json.JSONDecodeError, AttributeError):
-        return {}
+    if path.is_file():
+        try:
+            out = dict(json.loads(path.read_text()).get("policy", {}).get("config", {}))
+        except (json.JSONDecodeError, AttributeError):
+            out = {}
+    config = load_config(ckpt)
+    if config.exec_horizon is not None:
+        out.update(horizon=config.exec_horizon, ensemble=config.exec_ensemble)
+    return out
 
 
 def results_table(results: dict) -> str:

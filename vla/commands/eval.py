@@ -18,8 +18,10 @@ def register(subparsers) -> None:
     p.add_argument("--tls", default=None, metavar="PEM|system",
                    help="--server: TLS with this server certificate (PEM file), or 'system' for the system CAs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="environment processes")
-    p.add_argument("--horizon", type=int, default=1, help="actions executed per predicted chunk (default 1)")
-    p.add_argument("--ensemble", action="store_true", help="temporal ensembling of overlapping chunks")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="actions executed per predicted chunk (default: the model's own setting, else 1)")
+    p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="temporal ensembling of overlapping chunks (default: the model's own setting)")
     p.add_argument("--ensemble-coef", type=float, default=0.8, help="weight exp(-coef * age) (default 0.8)")
     p.add_argument("--cameras", default="corner", help="comma-separated camera names (default corner)")
     p.add_argument("--image-size", type=int, default=128, help="square image side in pixels (default 128)")
@@ -33,25 +35,34 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sim.evaluate import EvalConfig, evaluate, load_policy, markdown_table
+    from sim.evaluate import EvalConfig, evaluate, load_policy, markdown_table, model_execution
     from sim.schema import parse_tasks
     from vla.errors import UserError
     from vla.files import write_json_atomic as write_json
 
-    try:
-        cfg = EvalConfig(tasks=parse_tasks(args.tasks), episodes=args.episodes, workers=args.workers,
-                         horizon=args.horizon, ensemble=args.ensemble, ensemble_coef=args.ensemble_coef,
-                         cameras=tuple(c for c in args.cameras.split(",") if c), image_size=args.image_size,
-                         max_steps=args.max_steps, instructions=args.instructions, video_dir=args.video_dir)
-    except UserError:
-        raise
-    except ValueError as e:
-        raise UserError(str(e)) from e
     if (args.token or args.tls) and not args.server:
         raise UserError("--token and --tls go with --server")
     tls = True if args.tls == "system" else (args.tls or False)
+    try:
+        tasks = parse_tasks(args.tasks)
+    except ValueError as e:
+        raise UserError(str(e)) from e
     policy = load_policy(f"server:{args.server}" if args.server else args.policy, seed=args.seed,
                          token=args.token, tls=tls)
+    ex = model_execution(policy)
+    try:
+        cfg = EvalConfig(tasks=tasks, episodes=args.episodes, workers=args.workers,
+                         horizon=args.horizon or ex["horizon"],
+                         ensemble=ex["ensemble"] if args.ensemble is None else args.ensemble,
+                         ensemble_coef=args.ensemble_coef,
+                         cameras=tuple(c for c in args.cameras.split(",") if c), image_size=args.image_size,
+                         max_steps=args.max_steps, instructions=args.instructions, video_dir=args.video_dir)
+    except ValueError as e:
+        if hasattr(policy, "close"):
+            policy.close()
+        raise UserError(str(e)) from e
+    print(f"== {len(cfg.tasks)} tasks x {cfg.episodes} held-out seeds, horizon {cfg.horizon}"
+          f"{', temporal ensembling' if cfg.ensemble else ''}, max {cfg.max_steps} steps", flush=True)
     try:
         results = evaluate(policy, cfg, progress=True)
     finally:
