@@ -263,7 +263,7 @@ def open_lerobot(data: Any, features: str | None = None, config: Any = None) -> 
     single = isinstance(data, (str, os.PathLike)) and "," not in os.fspath(data)
     if not (single and is_lerobot_dataset(data)):
         if features:
-            raise UserError(f"--features applies to LeRobot datasets (a folder holding meta/info.json); {data} is "
+            raise UserError(f"--features applies to one LeRobot dataset folder (holding meta/info.json); {data} is "
                             "not one")
         return data
     src = LeRobotSource(data, features)

@@ -81,6 +81,12 @@ def test_episode_dataset_over_a_lerobot_source(v30):
     np.testing.assert_array_equal(s["rgb"][0].numpy(), fx.frame_of(1, 5, 1))
 
 
+def test_folders_joined_by_commas(v30, v21):
+    ds = EpisodeDataset(f"{v30},{v21}", split="all", chunk_len=2)
+    assert len(ds) == 22 + 14 and ds.locate(22) == (4, 0)
+    np.testing.assert_array_equal(ds[22]["rgb"][1].numpy(), fx.frame_of(0, 0, 1))  # v2.1 episode 0
+
+
 def test_feature_mapping_override(v30):
     assert parse_features("cameras=observation.images.wrist,observation.images.top,state=observation.state") == {
         "cameras": ["observation.images.wrist", "observation.images.top"], "state": ["observation.state"]}

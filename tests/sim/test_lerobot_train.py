@@ -61,4 +61,4 @@ def test_features_on_a_non_lerobot_folder(tmp_path, capsys):
     folder.mkdir()
     rc = main(["train", "--data", str(folder), "--features", "state=x", "--out", str(tmp_path / "o"), "--config",
                "tiny", "--no-progress"])
-    assert rc == 2 and "--features applies to LeRobot datasets" in capsys.readouterr().err
+    assert rc == 2 and "--features applies to one LeRobot dataset folder" in capsys.readouterr().err
