@@ -220,3 +220,26 @@ def test_every_loader_in_the_source_refuses_pickled_objects():
                 bad += [f"{rel}:{c.lineno}: {owner}.{name}" for c in _calls(tree, owner, name)]
     assert torch_loads >= 3  # files.load_state_dict, train and CLIP pre-training resume: the scan sees them
     assert not bad, bad
+
+
+def test_plain_values_beside_tensors_refused(tmp_path):
+    """The weights-only unpickler lets ints and strings through; a state dict must still hold tensors only."""
+    from vla.files import load_state_dict
+
+    path = tmp_path / "mixed.pt"
+    torch.save({"weight": torch.zeros(2), "step": 3, "note": "x"}, path)
+    with pytest.raises(UserError, match=r"entries that are not tensors: \['step', 'note'\]"):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_torchscript_archive_refused_before_unpickling(tmp_path, suffix):
+    """TorchScript archives carry code: refused by their layout with the advice (how to convert one on a trusted
+    machine), not left to the unpickler."""
+    from vla.files import load_state_dict
+
+    path = tmp_path / f"scripted{suffix}"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(UserError, match=r"TorchScript archive .*we never load executable archives.*"
+                                        r"torch\.jit\.load\(path\)\.state_dict\(\)"):
+        load_state_dict(path)

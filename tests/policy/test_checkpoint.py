@@ -1,6 +1,7 @@
 """Checkpoint directory: bit-identical reload, atomic replace, refusal of configs/weights that do not fit."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,23 @@ def test_load_refuses_config_that_does_not_fit_the_weights(saved, tmp_path):
         VLAPolicy.load(dst)
     (dst / "config.json").write_text(json.dumps({**cfg, "image_size": [64, 64]}))
     with pytest.raises(UserError, match="image_size"):
+        VLAPolicy.load(dst)
+
+
+def test_load_refuses_weights_with_extra_or_missing_tensors(saved, tmp_path):
+    """Every tensor of the file must belong to the model and every model tensor must be in the file (a
+    checkpoint of another architecture, or a truncated export, is refused naming the keys)."""
+    from safetensors.torch import load_file, save_file
+
+    _, path, _ = saved
+    dst = _copy(path, tmp_path)
+    state = load_file(str(dst / "model.safetensors"))
+    save_file({**state, "head.extra.weight": torch.zeros(2)}, str(dst / "model.safetensors"))
+    with pytest.raises(UserError, match=r"unexpected \['head\.extra\.weight'\]"):
+        VLAPolicy.load(dst)
+    dropped = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(dst / "model.safetensors"))
+    with pytest.raises(UserError, match=re.escape(f"missing ['{dropped}']")):
         VLAPolicy.load(dst)
 
 

@@ -174,6 +174,24 @@ def test_camera_without_depth_gets_exactly_the_no_depth_embedding():
     assert torch.equal(none, tokens + enc.no_depth.detach())
 
 
+def test_flagged_camera_ignores_valid_depth_it_carries():
+    """has_depth=False wins over depth and intrinsics that look valid (a stale frame, a sensor marked faulty)."""
+    torch.manual_seed(3)
+    enc = Ego3DEncoding(16, 32, 16)
+    rng = np.random.default_rng(6)
+    depth = torch.tensor(rng.uniform(0.3, 4.0, (2, 2, 1, 32, 32)), dtype=torch.float32)
+    K = torch.tensor(_random_K(rng, 2, 2, 32, 32))
+    has_depth = torch.tensor([[True, False], [False, True]])
+    tokens = torch.randn(2, 2, 4, 16)
+    out = enc(tokens, depth, K, has_depth)
+    for b, v in ((0, 1), (1, 0)):
+        assert torch.equal(out[b, v], tokens[b, v] + enc.no_depth.detach())
+    for b, v in ((0, 0), (1, 1)):  # the cameras with depth: as if encoded alone
+        alone = enc(tokens[b : b + 1, v : v + 1], depth[b : b + 1, v : v + 1], K[b : b + 1, v : v + 1])
+        _close(out[b : b + 1, v : v + 1], alone)
+        assert not torch.allclose(out[b, v], tokens[b, v] + enc.no_depth.detach())
+
+
 def test_bad_inputs_raise_with_the_value():
     enc = Ego3DEncoding(8, 32, 16)
     K = torch.eye(3).expand(1, 1, 3, 3)

@@ -89,3 +89,16 @@ def test_fully_padded_batch_gives_zeros_and_finite_grads(ik, kdata):
     grads = _grads(lambda *x: ik.ponet.ponet_mixing(*x, seg, mask, 1), (q, k, o, s, l), dy)
     assert torch.all(ik.ponet.ponet_mixing(q, k, o, s, l, seg, mask) == 0)
     assert all(torch.all(g == 0) for g in grads)
+
+
+def test_global_aggregation_rescales_across_key_blocks(ik, kdata):
+    """Scores large enough, and growing along the sequence, that the running maximum of the online softmax moves
+    from one 64-token block to the next: the accumulated numerator must be rescaled each time."""
+    B, H, N, Dh = 2, 2, 150, 16
+    q = torch.randn(B, H, N, Dh, generator=kdata.gen) + 2.0  # mean query far from 0: large scores
+    k = torch.randn(B, H, N, Dh, generator=kdata.gen) * torch.linspace(0.5, 3.0, N)[None, None, :, None]
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, ::7] = False
+    got = ik.ponet.global_aggregate(q, k, mask)
+    assert ik.dispatch.LAUNCHES["_global_fwd"] == 1
+    torch.testing.assert_close(got, ik.ponet.global_aggregate_ref(q, k, mask), **TOL[torch.float32])
