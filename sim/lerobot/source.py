@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sim.lerobot.meta import Episode, FeatureMap, LeRobotMeta, parse_features
-from sim.lerobot.video import DecoderCache
+from sim.lerobot.video import INHERITED, DecoderCache
 from vla.errors import UserError
 
 
@@ -35,7 +35,8 @@ class _ParquetFiles:
     def _file(self, path: str):
         import pyarrow.parquet as pq
 
-        if os.getpid() != self._pid:
+        if os.getpid() != self._pid:  # a forked child: its own handles; the parent's copies are left alone
+            INHERITED.extend(self._files.values())
             self.__init__(self._n_files, self._n_groups)
         f = self._files.pop(path, None)
         if f is None:

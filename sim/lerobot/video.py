@@ -31,6 +31,7 @@ CODECS = {
     "h264": ("libx264", "yuv420p", {"g": "2", "crf": "23", "preset": "fast"}),
     "lossless": ("libx264rgb", "rgb24", {"g": "2", "qp": "0", "preset": "fast"}),
 }
+INHERITED: list = []  # a forked child's copies of its parent's open files (see DecoderCache.get)
 FORWARD_FRAMES = 8  # a target this few frames past the last decoded one is reached by decoding on, not seeking
 
 
@@ -130,6 +131,9 @@ class DecoderCache:
 
     def get(self, path: str | os.PathLike, feature: str = "video") -> VideoFile:
         if os.getpid() != self._pid:  # inherited through fork: the handles share file offsets with the parent
+            # Keep the parent's open files referenced, never closed here: freeing an FFmpeg context copied by
+            # fork hangs the child (seen with DataLoader workers after the parent had read a sample).
+            INHERITED.extend(self._files.values())
             self._files, self._pid = OrderedDict(), os.getpid()
         key = os.fspath(path)
         f = self._files.pop(key, None)

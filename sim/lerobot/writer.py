@@ -13,7 +13,7 @@ What is written, following LeRobot's own v3.0 layout so that its loader, viewer 
     data/chunk-000/file-NNN.parquet   one row per frame: observation.state, action, observation.depth.<camera>
                            (uint16, its units per metre in the feature's info.depth_scale: lossless),
                            observation.intrinsics.<camera> (3, 3), timestamp, frame_index, episode_index,
-                           index, task_index; row groups of 4 rows (a sample decodes its depth map's group); a new
+                           index, task_index; row groups of 2 rows (a sample decodes its depth map's group); a new
                            file past ~100 MB
     videos/observation.images.<camera>/chunk-000/file-NNN.mp4   all episodes back to back (a new file past
                            ~200 MB); codec av1 (LeRobot's default: libsvtav1 crf 30, key frame every 2 frames),
@@ -42,10 +42,10 @@ from vla.errors import UserError
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
 DATA_FILE_MB, VIDEO_FILE_MB = 100, 200
-# Rows per parquet row group. A sample's depth map is read by decoding its whole row group: at 128 px, random
-# reads cost 1.1 / 2.0 / 3.0 / 5.9 ms per sample with 1 / 4 / 8 / 16 rows per group (zstd), and the file is
-# 4.8x / 1.9x / 1.4x / 1.2x the size of one group per episode. 4 is the middle.
-ROW_GROUP = 4
+# Rows per parquet row group. A sample's depth map is read by decoding its whole row group: at 128 px (zstd, no
+# dictionary for depth) that costs 0.5 / 0.7 / 1.1 ms of CPU per random sample with 1 / 2 / 4 rows per group, and the
+# file is 3.5x / 2.3x / 1.7x the size of one group per episode (measured 2026-12-01; docs/benchmarks.md).
+ROW_GROUP = 2
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
@@ -186,7 +186,8 @@ def export_lerobot(src, dst: str | os.PathLike, codec: str = "av1", fps: int = 8
             if dwriter is None:
                 path = tmp / DATA_PATH.format(**_chunk_file(dfile))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                dwriter = pq.ParquetWriter(path, schema_, compression="zstd")
+                dwriter = pq.ParquetWriter(path, schema_, compression="zstd", use_dictionary=[
+                    n for n in schema_.names if not n.startswith(DEPTH_PREFIX)])  # depth: plain (no repeats to share)
             dwriter.write_table(table, row_group_size=ROW_GROUP)
             dbytes += table.nbytes
             row.update({"data/chunk_index": _chunk_file(dfile)["chunk_index"],

@@ -205,3 +205,26 @@ def test_video_cut_short(broken):
     with pytest.raises(UserError) as e:
         LeRobotSource(broken).frame(1, 0, [0])
     _one_line(e, video.name, "observation.images.top", "no frame")
+
+
+def test_dataloader_workers_match_in_process_reads(v30):
+    import torch
+
+    from vla.policy.data import collate
+
+    ds = EpisodeDataset(LeRobotSource(v30), split="all", chunk_len=2)
+    ds[0]  # the parent opens files first, as training does (it reads a sample to fit the policy)
+    want = collate([ds[i] for i in range(len(ds))])
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), num_workers=2, collate_fn=collate)
+    got = next(iter(loader))  # two forked workers, each with its own decoders
+    for k in ("rgb", "state", "actions"):
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_cli_info(v30, capsys):
+    from vla.cli import main
+
+    assert main(["dataset", "info", str(v30), "--features", "cameras=observation.images.top"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["codebase_version"] == "v3.0" and out["episodes"] == 4 and out["cameras"] == ["top"]
+    assert out["mapping"]["state"] == "observation.state" and out["fps"] == fx.FPS
