@@ -7,15 +7,21 @@
         with policy.session(ensemble=True) as s:   # streaming: the server ensembles, returns the action to run
             action = s.step(obs).action
 
-Unary calls retry on UNAVAILABLE (server restarting) with exponential backoff, within each call's deadline.
-`RemoteSimPolicy` adapts a server to the `sim.schema.Policy` protocol for `vla eval --server`.
+`timeout` is each call's deadline once the server is there; `wait_s` is how long a call waits for a server that is
+not reachable (restarting, not up yet): UNAVAILABLE is retried with jittered backoff (the channel reconnects
+within about a second of the server coming back) until `wait_s` has passed since the first failure, then one
+`ServerUnavailable` names the address and the last status. `RemoteSimPolicy` adapts a server to the
+`sim.schema.Policy` protocol for `vla eval --server`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import queue
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +36,28 @@ from vla._proto.v1 import tensor_pb2 as tpb
 from vla.serving.codec import encode_image, from_tensor, to_tensor
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+# grpc's default reconnect backoff grows to 120 s: a channel that saw the server down for 10 s would wait many
+# seconds more after it is back. A robot wants to know within a second.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+_INSTANCES = itertools.count()
+
+
+class ServerUnavailable(grpc.RpcError):
+    """No answer from the server within the wait budget: names the address, how long it waited and the last
+    status. A grpc.RpcError with code() UNAVAILABLE, so existing handlers keep working."""
+
+    def __init__(self, address: str, waited_s: float, attempts: int, last: grpc.RpcError):
+        self.address, self.waited_s, self.attempts, self.last = address, waited_s, attempts, last
+        last_code = last.code().name if hasattr(last, "code") else "?"
+        last_details = last.details() if hasattr(last, "details") else str(last)
+        super().__init__(f"server {address} unavailable: no answer after waiting {waited_s:.1f} s ({attempts} "
+                         f"attempt(s)); last status {last_code}: {last_details}")
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return str(self)
 
 
 @dataclass
@@ -57,27 +85,68 @@ def _credentials(tls: bool | str | bytes) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(root_certificates=pem)
 
 
-def observation_message(obs: dict[str, Any], cameras: list[str], image_format: str = "raw",
-                        depth_format: str = "float32") -> policy_pb2.Observation:
-    """One observation in the sim.schema layout (rgb (V, H, W, 3), ...) -> Observation message."""
+def _shapes(obs: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {tuple(np.shape(obs[k]))}" for k in ("rgb", "depth", "intrinsics", "state")
+                     if obs.get(k) is not None)
+
+
+def check_observation(obs: dict[str, Any], cameras: list[str], state_dim: int | None = None) -> dict[str, Any]:
+    """One observation in the sim.schema layout -> its arrays with the camera axis (rgb (V, H, W, 3) uint8,
+    depth (V, H, W), intrinsics (V, 3, 3), state (S,)); a ValueError naming every array's shape and what the
+    model expects when something does not fit. An (H, W, 3) image is taken as one camera."""
+    V = len(cameras)
+    missing = [k for k in ("rgb", "state", "instruction") if obs.get(k) is None]
+    if missing:
+        raise ValueError(f"observation lacks {missing} (has {sorted(obs)})")
     rgb = np.asarray(obs["rgb"])
-    if rgb.ndim == 3:
+    if rgb.ndim == 3 and V == 1:
         rgb = rgb[None]  # (1, H, W, 3)
-    if rgb.shape[0] != len(cameras):
-        raise ValueError(f"rgb has {rgb.shape[0]} camera(s), the model has {cameras}")
-    depth, K = obs.get("depth"), obs.get("intrinsics")
-    msg = policy_pb2.Observation(state=to_tensor(np.asarray(obs["state"], np.float32)),
-                                 instruction=str(obs["instruction"]))
+    want = (f"expected rgb (V, H, W, 3) uint8, depth (V, H, W), intrinsics (V, 3, 3), state "
+            f"({state_dim if state_dim else 'S'},) with V = {V} camera(s) {list(cameras)}")
+    if rgb.ndim != 4 or rgb.shape[0] != V or rgb.shape[3] != 3:
+        hint = ""
+        if rgb.ndim == 5 and rgb.shape[1] == V:
+            hint = ("; rgb has one leading axis too many: an environment observation is already (V, H, W, 3), "
+                    "pass it as it is (a batch of B observations needs every array batched: rgb (B, V, H, W, 3), "
+                    "state (B, S), B instructions)")
+        raise ValueError(f"observation shapes {_shapes(obs)}: {want}{hint}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"observation rgb has dtype {rgb.dtype}: expected uint8 (0..255)")
+    out: dict[str, Any] = {"rgb": rgb, "instruction": obs["instruction"]}
+    H, W = rgb.shape[1:3]
+    for key, shape in (("depth", (V, H, W)), ("intrinsics", (V, 3, 3))):
+        if obs.get(key) is None:
+            continue
+        arr = np.asarray(obs[key])
+        if arr.shape != shape and not (V == 1 and arr.shape == shape[1:]):
+            raise ValueError(f"observation shapes {_shapes(obs)}: {key} should be {shape} for rgb {rgb.shape}; "
+                             f"{want}")
+        out[key] = arr.reshape(shape)
+    state = np.asarray(obs["state"], np.float32)
+    if state.ndim != 1 or (state_dim and state.shape[0] != state_dim):
+        raise ValueError(f"observation shapes {_shapes(obs)}: state should be ({state_dim or 'S'},); {want}")
+    out["state"] = state
+    if not isinstance(obs["instruction"], str):
+        raise ValueError(f"observation instruction is {type(obs['instruction']).__name__}: expected one str")
+    return out
+
+
+def observation_message(obs: dict[str, Any], cameras: list[str], image_format: str = "raw",
+                        depth_format: str = "float32", state_dim: int | None = None) -> policy_pb2.Observation:
+    """One observation in the sim.schema layout (rgb (V, H, W, 3), ...) -> Observation message."""
+    obs = check_observation(obs, cameras, state_dim)
+    rgb, depth, K = obs["rgb"], obs.get("depth"), obs.get("intrinsics")
+    msg = policy_pb2.Observation(state=to_tensor(obs["state"]), instruction=obs["instruction"])
     for v, name in enumerate(cameras):
         cam = msg.cameras.add(name=name)
         cam.rgb.CopyFrom(encode_image(rgb[v], image_format))
         if depth is not None:
-            d = np.asarray(depth).reshape(len(cameras), *rgb.shape[1:3])[v]
+            d = depth[v]
             if depth_format == "uint16":
                 d = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)  # millimetres
             cam.depth.CopyFrom(to_tensor(d.astype(np.float32) if depth_format != "uint16" else d))
         if K is not None:
-            cam.intrinsics.CopyFrom(to_tensor(np.asarray(K, np.float32).reshape(len(cameras), 3, 3)[v]))
+            cam.intrinsics.CopyFrom(to_tensor(np.asarray(K[v], np.float32)))
     return msg
 
 
@@ -127,24 +196,35 @@ class Session:
 class RemotePolicy:
     """A policy served by `vla serve`. `tls`: False, True (system CAs) or the server's PEM certificate.
 
+    `timeout`: each call's deadline (seconds) once the server answers. `wait_s`: how long a call keeps trying a
+    server that is unreachable (None: `timeout`), then `ServerUnavailable`; `retries` optionally caps the attempts
+    (0: fail at the first UNAVAILABLE). `client_id` names this client to the server, which queues and counts each
+    client apart (default: host/pid/instance).
+
     `address` may list several stateless replicas ("ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several
     records): unary calls are spread over them round robin.
     """
 
     def __init__(self, address: str, token: str | None = None, tls: bool | str | bytes = False,
-                 timeout: float = 10.0, retries: int = 5, backoff_s: float = 0.05, image_format: str = "raw",
-                 depth_format: str = "float32", max_message_mb: float = 16.0, server_name: str | None = None):
+                 timeout: float = 10.0, retries: int | None = None, backoff_s: float = 0.05,
+                 image_format: str = "raw", depth_format: str = "float32", max_message_mb: float = 16.0,
+                 server_name: str | None = None, wait_s: float | None = None, client_id: str | None = None):
+        if timeout <= 0 or (wait_s is not None and wait_s < 0) or (retries is not None and retries < 0):
+            raise ValueError(f"timeout={timeout} must be > 0, wait_s={wait_s} and retries={retries} >= 0")
         limit = int(max_message_mb * 2**20)
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                   ("grpc.lb_policy_name", "round_robin")]
+                   ("grpc.lb_policy_name", "round_robin"), *RECONNECT_OPTIONS]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         creds = _credentials(tls)
         self.channel = (grpc.secure_channel(address, creds, options) if creds is not None
                         else grpc.insecure_channel(address, options))
         self.address, self.timeout, self.retries, self.backoff_s = address, timeout, retries, backoff_s
+        self.wait_s = timeout if wait_s is None else wait_s
         self.image_format, self.depth_format = image_format, depth_format
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.client_id = client_id or f"{socket.gethostname()}/{os.getpid()}/{next(_INSTANCES)}"
+        self._metadata = (("vla-client", self.client_id),) + ((("authorization", f"Bearer {token}"),) if token
+                                                               else ())
         self._policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self._vision = vision_pb2_grpc.VisionServiceStub(self.channel)
         self._metrics = metrics_pb2_grpc.MetricsServiceStub(self.channel)
@@ -153,21 +233,27 @@ class RemotePolicy:
 
     # --- plumbing ----------------------------------------------------------------------------------------
     def _call(self, method, request, timeout: float | None = None):
-        """Unary call with a deadline; UNAVAILABLE is retried with jittered exponential backoff until it passes."""
+        """Unary call with a deadline of `timeout`; UNAVAILABLE is retried (jittered exponential backoff, at most
+        1 s apart) until `wait_s` has passed since the first failure, then ServerUnavailable."""
         timeout = self.timeout if timeout is None else timeout
-        end = time.monotonic() + timeout
-        for attempt in range(self.retries + 1):
+        first_failure = None
+        for attempt in itertools.count():
             try:
-                return method(request, timeout=max(end - time.monotonic(), 1e-3), metadata=self._metadata)
+                return method(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                pause = self.backoff_s * 2**attempt * (0.5 + random.random())
-                if e.code() not in RETRYABLE or attempt == self.retries or time.monotonic() + pause >= end:
+                if e.code() not in RETRYABLE:
                     raise
-                time.sleep(pause)
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                left = first_failure + self.wait_s - now
+                if left <= 0 or (self.retries is not None and attempt >= self.retries):
+                    raise ServerUnavailable(self.address, now - first_failure, attempt + 1, e) from None
+                time.sleep(min(left, 1.0, self.backoff_s * 2**attempt * (0.5 + random.random())))
         raise AssertionError("unreachable")
 
     def _observation(self, obs: dict[str, Any]) -> policy_pb2.Observation:
-        return observation_message(obs, self.info()["cameras"], self.image_format, self.depth_format)
+        info = self.info()
+        return observation_message(obs, info["cameras"], self.image_format, self.depth_format, info.get("state_dim"))
 
     # --- API ---------------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -189,7 +275,7 @@ class RemotePolicy:
     def predict(self, obs: dict[str, Any], timeout: float | None = None, with_timing: bool = False):
         """One observation -> (T, A) float32 chunk; a batch (rgb (B, V, H, W, 3)) -> (B, T, A), sent as B
         concurrent calls that the server batches. with_timing=True also returns the server timing(s)."""
-        if np.asarray(obs["rgb"]).ndim == 5:
+        if np.ndim(obs.get("rgb")) == 5:
             return self._predict_batch(obs, timeout, with_timing)
         r = self._call(self._policy.Predict, policy_pb2.PredictRequest(observation=self._observation(obs)), timeout)
         actions = from_tensor(r.actions, "actions")
@@ -198,6 +284,20 @@ class RemotePolicy:
     def _predict_batch(self, obs: dict[str, Any], timeout: float | None, with_timing: bool):
         B = len(obs["rgb"])
         keys = [k for k in ("rgb", "depth", "intrinsics", "state", "instruction") if obs.get(k) is not None]
+        instructions = obs.get("instruction")
+        batched = (np.ndim(obs.get("state")) == 2 and isinstance(instructions, (list, tuple))
+                   and len(instructions) == B
+                   and all(np.shape(obs[k])[:1] == (B,) for k in ("depth", "intrinsics", "state") if k in keys))
+        if not batched:
+            info = self.info()
+            V = len(info["cameras"])
+            hint = (f" For one observation (what an environment returns) pass rgb {np.shape(obs['rgb'])[1:]} "
+                    "as it is, without the extra leading axis (depth and intrinsics likewise)."
+                    if np.shape(obs["rgb"])[1] == V and np.ndim(obs.get("state")) == 1 else "")
+            raise ValueError(f"rgb {np.shape(obs['rgb'])} reads as a batch of {B} observations, but {_shapes(obs)}, "
+                             f"instruction {type(obs.get('instruction')).__name__}: a batch needs rgb (B, V, H, W, 3), "
+                             f"state (B, {info.get('state_dim') or 'S'}), B instructions (V = {V} camera(s) "
+                             f"{info['cameras']}).{hint}")
         rows = [{k: obs[k][b] for k in keys} for b in range(B)]
         timeout = self.timeout if timeout is None else timeout
         futures = [self._policy.Predict.future(policy_pb2.PredictRequest(observation=self._observation(r),

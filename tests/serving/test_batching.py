@@ -77,8 +77,9 @@ def test_overload_is_refused_at_once(server_factory):
         futures.append(remote._policy.Predict.future(req, timeout=30))
         _wait_for(lambda i=i: len(policy.seen) == 1 and srv.metrics.queue_depth() == i)
     t = time.monotonic()
-    with pytest.raises(grpc.RpcError) as e:
-        remote.predict(make_obs(9))
+    with pytest.raises(grpc.RpcError) as e:  # the same client (connection) as the queued two
+        remote._policy.Predict(policy_pb2.PredictRequest(observation=observation_message(make_obs(9), ["corner"])),
+                               timeout=30)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - t < 5
     policy.gate.set()
     assert all(f.result().actions.shape == [4, 4] for f in futures)

@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument("--max-wait-ms", type=float, default=0.0,
                      help="hold a batch open this long for more requests (default 0: batches form under load)")
     net.add_argument("--max-queue", type=int, default=256, help="queued requests before RESOURCE_EXHAUSTED")
+    net.add_argument("--max-queue-per-client", type=int, default=None,
+                     help="queued requests of one client (its vla-client id, else its connection) before "
+                          "RESOURCE_EXHAUSTED (default: max-queue). Batches are filled round robin across clients, "
+                          "and a full queue pushes out the newest request of the client holding the most")
     net.add_argument("--max-concurrent-rpcs", type=int, default=None,
                      help="RPCs open at once, streams included, before RESOURCE_EXHAUSTED (default max-queue + 64)")
     net.add_argument("--max-message-mb", type=float, default=16.0, help="largest request/response (MiB)")
@@ -126,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                          max_queue=args.max_queue, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                          max_queue=args.max_queue, max_queue_per_client=args.max_queue_per_client,
+                          max_concurrent_rpcs=args.max_concurrent_rpcs,
                           max_message_mb=args.max_message_mb, grace_s=args.grace_s,
                           token=args.token or None, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except ValueError as e:

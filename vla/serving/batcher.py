@@ -3,9 +3,20 @@
 A batch is whatever is queued when the model thread becomes free (up to `max_batch`), so a lone client pays no
 waiting time and batches grow by themselves under load while the previous forward pass runs; `max_wait_ms > 0`
 additionally holds a batch open for stragglers. Only observations of the same layout (cameras, image size,
-depth/intrinsics present) share a pass. The queue is bounded: a full queue is `Overloaded` at once (the server
-answers RESOURCE_EXHAUSTED) instead of growing memory. Requests whose deadline passed, or whose caller gave up,
-while queued are dropped before the model runs (counted as `dropped_expired` / `dropped_cancelled`).
+depth/intrinsics present) share a pass.
+
+Admission counts live requests only. The queue is bounded: `max_queue` requests in all, and optionally
+`max_queue_per_client` per client (the caller's `vla-client` id, else its peer address); beyond, `Overloaded` at
+once (RESOURCE_EXHAUSTED) instead of growing memory. Entries whose caller gave up (cancelled future) or whose
+deadline passed stay in the FIFOs until someone looks, so a limit that looks reached first prunes them (expired
+ones are answered `Expired` right there) and only then refuses. A request already past its deadline when it
+arrives is `Expired`, never `Overloaded`. Requests that die while queued never reach the model (counted as
+`dropped_expired` / `dropped_cancelled`).
+
+Fairness: one FIFO per client; batches are filled round robin across clients (one request per client per round),
+starting with the clients served longest ago. When the whole queue is full, a client holding fewer requests than
+the longest FIFO pushes out that FIFO's newest request (answered `Overloaded`), so one client flooding the server
+cannot keep a client calling at a steady rate out; a lone client may still use the whole queue.
 
 A batch whose predict raises a ValueError (UserError included: e.g. one instruction too long for the text tower)
 is rerun row by row, so only the offending request fails. Any other exception fails the batch; SystemExit or
@@ -37,7 +48,7 @@ from vla.serving.metrics import Metrics, log_event
 
 
 class Overloaded(Exception):
-    """The request queue is full."""
+    """The request queue (or this client's share of it) is full."""
 
 
 class Expired(Exception):
@@ -64,7 +75,12 @@ class _Item:
     future: asyncio.Future
     t_enqueue: float
     deadline: float | None = None  # time.perf_counter() seconds
+    client: str = ""
     t_start: float = field(default=0.0)
+
+    def dead(self, now: float) -> bool:
+        """Cancelled (the caller gave up) or past its deadline: it must not hold a place or reach the model."""
+        return self.future.done() or (self.deadline is not None and self.deadline <= now)
 
 
 def layout_key(obs: dict[str, Any]) -> tuple:
@@ -87,18 +103,23 @@ def collate(obs_list: list[dict[str, Any]], copy: bool = True) -> dict[str, Any]
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[dict], np.ndarray], *, max_batch: int = 32, max_wait_ms: float = 0.0,
-                 max_queue: int = 256, metrics: Metrics | None = None, inline: bool = False,
-                 on_fatal: Callable[[BaseException], Any] | None = None):
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch={max_batch}, max_queue={max_queue} must be >= 1, max_wait_ms={max_wait_ms} "
-                             ">= 0")
+                 max_queue: int = 256, max_queue_per_client: int | None = None, metrics: Metrics | None = None,
+                 inline: bool = False, on_fatal: Callable[[BaseException], Any] | None = None):
+        per_client = max_queue if max_queue_per_client is None else max_queue_per_client
+        if max_batch < 1 or max_queue < 1 or per_client < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch={max_batch}, max_queue={max_queue}, max_queue_per_client={per_client} must "
+                             f"be >= 1, max_wait_ms={max_wait_ms} >= 0")
         self.predict, self.max_batch, self.max_queue, self.inline = predict, max_batch, max_queue, inline
+        self.max_queue_per_client = per_client
         self.max_wait = max_wait_ms / 1e3
         self.metrics = metrics or Metrics()
-        self.metrics.queue_depth = lambda: len(self._queue)
+        self.metrics.queue_depth = self.depth
+        self.metrics.client_depths = self.client_depths
         self.metrics.queue_capacity = max_queue
-        self._queue: collections.deque[_Item] = collections.deque()
-        self._cond = threading.Condition()  # guards _queue between the loop and the model thread
+        # client -> its FIFO; dict order is the round-robin order (served clients move to the end)
+        self._queues: dict[str, collections.deque[_Item]] = {}
+        self._n = 0  # entries in all FIFOs, dead ones included until pruned
+        self._cond = threading.Condition()  # guards _queues and _n between the loop and the model thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -112,28 +133,86 @@ class DynamicBatcher:
             self._thread = threading.Thread(target=self._run, name="vla-model", daemon=True)
             self._thread.start()
 
-    async def submit(self, obs: dict[str, Any], deadline: float | None = None) -> BatchResult:
-        """Queue one observation; resolves with its (T, A) chunk. Raises Overloaded at once on a full queue."""
+    def depth(self) -> int:
+        """Live requests queued (cancelled and expired entries not counted)."""
+        now = time.perf_counter()
+        with self._cond:
+            return sum(not it.dead(now) for q in self._queues.values() for it in q)
+
+    def client_depths(self) -> dict[str, int]:
+        """Live requests queued per client."""
+        now = time.perf_counter()
+        with self._cond:
+            return {c: n for c, q in self._queues.items() if (n := sum(not it.dead(now) for it in q))}
+
+    async def submit(self, obs: dict[str, Any], deadline: float | None = None, client: str = "") -> BatchResult:
+        """Queue one observation; resolves with its (T, A) chunk. Raises Expired at once if `deadline` has passed,
+        Overloaded at once when the live requests fill the queue or this client's share of it."""
         if self._closing:
             raise Overloaded("server is shutting down")
+        now = time.perf_counter()
+        if deadline is not None and deadline <= now:
+            self.metrics.dropped_expired += 1
+            raise Expired("deadline passed before the request was queued")
         if self.inline:
             return self._run_inline(obs, deadline)
-        item = _Item(obs, layout_key(obs), self._loop.create_future(), time.perf_counter(), deadline)
+        item = _Item(obs, layout_key(obs), self._loop.create_future(), now, deadline, client)
         with self._cond:
             if self._dead is not None:
                 raise Unavailable(f"model stopped ({type(self._dead).__name__}); server is not serving")
-            if len(self._queue) >= self.max_queue:
+            q = self._queues.get(client)
+            if q is not None and self.max_queue_per_client < self.max_queue and \
+                    len(q) >= self.max_queue_per_client and self._prune(q, now) >= self.max_queue_per_client:
                 self.metrics.rejected_overload += 1
-                raise Overloaded(f"request queue full ({self.max_queue} waiting)")
-            self._queue.append(item)
+                raise Overloaded(f"client {client!r} has {len(q)} requests queued (limit --max-queue-per-client "
+                                 f"{self.max_queue_per_client})")
+            if self._n >= self.max_queue:
+                for other in self._queues.values():
+                    self._prune(other, now)
+                if self._n >= self.max_queue and not self._push_out(len(q) if q is not None else 0):
+                    self.metrics.rejected_overload += 1
+                    raise Overloaded(f"request queue full ({self._n} live requests waiting, limit --max-queue "
+                                     f"{self.max_queue})")
+            if q is None:
+                q = self._queues[client] = collections.deque()
+            q.append(item)
+            self._n += 1
             self._cond.notify()
         return await item.future  # cancelled with the RPC: the model thread then skips the item
 
+    def _push_out(self, mine: int) -> bool:
+        """(Event loop, lock held, queue full of live requests.) Refuse the newest request of the longest FIFO if
+        it holds at least two more than the caller's `mine`; True if a place was freed."""
+        longest = max(self._queues.values(), key=len)
+        if len(longest) < mine + 2:
+            return False
+        victim = longest.pop()
+        self._n -= 1
+        self.metrics.rejected_overload += 1
+        victim.future.set_exception(Overloaded(f"request queue full ({self.max_queue} waiting): pushed out by a "
+                                               "client with fewer requests queued"))
+        return True
+
+    def _prune(self, q: collections.deque[_Item], now: float) -> int:
+        """(Event loop, lock held.) Drop the dead entries of one client's FIFO, answering expired ones; returns
+        what is left. An emptied FIFO stays in `_queues` (the model thread forgets it at its next take)."""
+        live = []
+        for it in q:
+            if not it.dead(now):
+                live.append(it)
+            elif it.deadline is not None and it.deadline <= now:
+                self.metrics.dropped_expired += 1
+                if not it.future.done():
+                    it.future.set_exception(Expired("deadline passed while queued"))
+            else:
+                self.metrics.dropped_cancelled += 1
+        if len(live) != len(q):
+            self._n -= len(q) - len(live)
+            q.clear()
+            q.extend(live)
+        return len(q)
+
     def _run_inline(self, obs: dict[str, Any], deadline: float | None) -> BatchResult:
-        t = time.perf_counter()
-        if deadline is not None and deadline <= t:
-            self.metrics.dropped_expired += 1
-            raise Expired("deadline passed while queued")
         out, collate_s, model_s = self._forward([obs])
         return BatchResult(out[0], 0.0, collate_s, model_s, 1)
 
@@ -150,9 +229,9 @@ class DynamicBatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._n and not self._closing:
                     self._cond.wait()
-                if not self._queue:
+                if not self._n:
                     return  # closing and drained
                 if self.max_wait > 0:
                     self._linger()
@@ -164,37 +243,67 @@ class DynamicBatcher:
 
     def _linger(self) -> None:
         """(Lock held.) Hold the batch open up to max_wait after its first request arrived, or until it is full."""
-        t_end = self._queue[0].t_enqueue + self.max_wait
-        while len(self._queue) < self.max_batch and not self._closing:
+        t_end = min(it.t_enqueue for q in self._queues.values() for it in q) + self.max_wait
+        while self._n < self.max_batch and not self._closing:
             remaining = t_end - time.perf_counter()
             if remaining <= 0:
                 return
             self._cond.wait(remaining)
 
     def _take(self) -> tuple[list[_Item], list[_Item]]:
-        """(Lock held.) Pop up to max_batch live items of the first live item's layout; others keep their place.
-        Returns (batch, expired): expired items are answered on the loop (futures are not thread-safe)."""
+        """(Lock held.) Pop up to max_batch live items, one per client per round, all of the layout of the first
+        one taken; items of another layout keep their place. Clients served move to the end of the round-robin
+        order (the one served last goes last). Returns (batch, expired): expired items are answered on the loop
+        (futures are not thread-safe)."""
         now = time.perf_counter()
         batch: list[_Item] = []
-        skipped: list[_Item] = []
         expired: list[_Item] = []
-        while self._queue and len(batch) < self.max_batch:
-            item = self._queue.popleft()
-            if item.future.done():  # cancelled: by the RPC deadline, or by the client giving up
-                if item.deadline is not None and item.deadline <= now:
-                    self.metrics.dropped_expired += 1
-                else:
-                    self.metrics.dropped_cancelled += 1
-            elif item.deadline is not None and item.deadline <= now:
-                self.metrics.dropped_expired += 1
-                expired.append(item)
-            elif batch and item.key != batch[0].key:
-                skipped.append(item)
-            else:
+        key = None
+        served: dict[str, None] = {}  # clients in the order of their last service
+        active = list(self._queues.items())
+        while active and len(batch) < self.max_batch:
+            still = []
+            for client, q in active:
+                if len(batch) == self.max_batch:
+                    break
+                item = self._pop(q, key, now, expired)
+                if item is None:
+                    continue  # nothing (of this layout) left: not visited again for this batch
+                key = item.key
                 item.t_start = now
                 batch.append(item)
-        self._queue.extendleft(reversed(skipped))
+                served.pop(client, None)
+                served[client] = None
+                still.append((client, q))
+            active = still
+        for client in served:
+            self._queues[client] = self._queues.pop(client)
+        for client in [c for c, q in self._queues.items() if not q]:
+            del self._queues[client]
         return batch, expired
+
+    def _pop(self, q: collections.deque[_Item], key: tuple | None, now: float, expired: list[_Item]) -> _Item | None:
+        """(Lock held.) Remove and return the first live item of `key` (any, if None) from one client's FIFO;
+        dead items before it are removed and counted (expired ones added to `expired`)."""
+        i = 0
+        while i < len(q):
+            item = q[i]
+            if item.dead(now):
+                del q[i]
+                self._n -= 1
+                if item.deadline is not None and item.deadline <= now:
+                    self.metrics.dropped_expired += 1
+                    if not item.future.done():
+                        expired.append(item)
+                else:
+                    self.metrics.dropped_cancelled += 1
+                continue
+            if key is None or item.key == key:
+                del q[i]
+                self._n -= 1
+                return item
+            i += 1
+        return None
 
     def _forward(self, obs_list: list[dict[str, Any]]) -> tuple[np.ndarray, float, float]:
         t0 = time.perf_counter()
@@ -245,8 +354,9 @@ class DynamicBatcher:
         """Stop for good: answer `items` and everything queued Unavailable, refuse new work, tell the server."""
         with self._cond:
             self._dead = e
-            items = items + list(self._queue)
-            self._queue.clear()
+            items = items + [it for q in self._queues.values() for it in q]
+            self._queues.clear()
+            self._n = 0
         log_event("model_stopped", 40, error=repr(e), answered=len(items))  # 40 = ERROR
         err = Unavailable(f"model stopped ({type(e).__name__}: {e}); server is not serving")
         self._loop.call_soon_threadsafe(_fail, items, err)

@@ -1,4 +1,4 @@
-"""Server counters (requests by method and status, batch sizes, latencies) and structured JSON log lines.
+"""Server counters (requests by method and status, per client, batch sizes, latencies) and JSON log lines.
 
 All updates happen on the server's event-loop thread except `record_batch` (model thread), so a lock guards
 only what both touch. `MetricsService.GetMetrics` returns a snapshot.
@@ -18,6 +18,8 @@ from vla._proto.v1 import metrics_pb2, metrics_pb2_grpc
 
 log = logging.getLogger("vla.serving")
 WINDOW = 4096  # latency samples kept per method for the percentiles
+MAX_CLIENTS = 256  # per-client counters kept (the least recently seen client is forgotten first)
+_CLIENT_FIELDS = {"OK": "ok", "RESOURCE_EXHAUSTED": "refused", "DEADLINE_EXCEEDED": "deadline_missed"}
 
 
 def log_event(event: str, level: int = logging.INFO, **fields) -> None:
@@ -42,13 +44,27 @@ class Metrics:
         self.dropped_expired = 0  # deadline passed while queued
         self.dropped_cancelled = 0  # caller gave up while queued
         self.rejected_overload = 0
+        self.expired_unread = 0  # deadline passed before the request was read
+        self.clients: collections.OrderedDict[str, collections.Counter] = collections.OrderedDict()
         self.queue_depth = lambda: 0
+        self.client_depths = dict
         self.queue_capacity = 0
 
-    def record(self, method: str, code: str, seconds: float) -> None:
+    def record(self, method: str, code: str, seconds: float, client: str | None = None) -> None:
         with self._lock:
             self.codes[method][code] += 1
             self.latency[method].append(seconds * 1e3)
+            if client is not None:
+                c = self.clients.get(client)
+                if c is None:
+                    c = self.clients[client] = collections.Counter()
+                    if len(self.clients) > MAX_CLIENTS:
+                        self.clients.popitem(last=False)
+                else:
+                    self.clients.move_to_end(client)
+                c["calls"] += 1
+                if code in _CLIENT_FIELDS:
+                    c[_CLIENT_FIELDS[code]] += 1
 
     def record_batch(self, size: int, model_s: float) -> None:
         with self._lock:
@@ -57,7 +73,10 @@ class Metrics:
             self.model_ms.append(model_s * 1e3)
 
     def snapshot(self) -> metrics_pb2.Metrics:
+        depths = self.client_depths()
         with self._lock:
+            clients = [metrics_pb2.ClientMetrics(client=k, queued=depths.get(k, 0), **v)
+                       for k, v in reversed(self.clients.items())]
             methods = [
                 metrics_pb2.MethodMetrics(method=m, codes=dict(c), latency_p50_ms=_pct(self.latency[m], 50),
                                           latency_p99_ms=_pct(self.latency[m], 99), window=len(self.latency[m]))
@@ -68,7 +87,8 @@ class Metrics:
                 rows=self.rows, dropped_expired=self.dropped_expired,
                 dropped_cancelled=self.dropped_cancelled, rejected_overload=self.rejected_overload,
                 queue_depth=self.queue_depth(), queue_capacity=self.queue_capacity,
-                uptime_s=time.monotonic() - self.started, model_p50_ms=_pct(self.model_ms, 50))
+                uptime_s=time.monotonic() - self.started, model_p50_ms=_pct(self.model_ms, 50),
+                expired_unread=self.expired_unread, clients=clients)
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):

@@ -17,7 +17,7 @@ from vla._proto.v1 import tensor_pb2 as tpb
 from vla.serving.batcher import BatchResult, DynamicBatcher
 from vla.serving.codec import FieldError, to_tensor
 from vla.serving.metrics import Metrics
-from vla.serving.rpc import Malformed, abort_for, deadline_of, status_of, unary
+from vla.serving.rpc import Malformed, abort_for, cancelled_code, client_of, deadline_of, status_of, unary
 from vla.serving.validation import ObservationSpec, check_session, needs_decoding, parse_observation
 
 
@@ -85,8 +85,8 @@ def _timing(t0: float, parse_s: float, res: BatchResult | None) -> tpb.Timing:
 class _Session:
     """Per-stream state: step counter and the chunk executor (sim.chunking), configured by SessionConfig."""
 
-    def __init__(self, action_dim: int):
-        self.action_dim = action_dim
+    def __init__(self, action_dim: int, client: str = ""):
+        self.action_dim, self.client = action_dim, client
         self.step = 0
         self.runner: ChunkQueue | ChunkEnsembler | None = None
         self._cfg: tuple[int, bool, float] = (0, False, 0.0)  # (horizon, ensemble, coef) from check_session
@@ -128,20 +128,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             return await loop.run_in_executor(self.decode_pool, parse_observation, request.observation, self.spec)
         return parse_observation(request.observation, self.spec)
 
-    @unary("Predict")
-    async def Predict(self, request, context):
+    @unary("Predict", per_client=True)
+    async def Predict(self, request, context, client: str):
         t0 = time.perf_counter()
         deadline = deadline_of(context)
         obs = await self._parse(request)
         parse_s = time.perf_counter() - t0
-        res = await self.batcher.submit(obs, deadline)
+        res = await self.batcher.submit(obs, deadline, client)
         return ppb.PredictResponse(actions=to_tensor(res.actions), timing=_timing(t0, parse_s, res),
                                    request_id=request.request_id)
 
     async def StreamPredict(self, request_iterator, context):
         """An async generator: `yield` costs about 40 us a message where `await context.write()` cost about
         500 us (grpcio 1.85 aio, cProfile self time on the 2-core dev machine)."""
-        session = _Session(self.action_dim)
+        session = _Session(self.action_dim, client_of(context))
         first = True
         async for request in request_iterator:
             t0 = time.perf_counter()
@@ -149,13 +149,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             try:
                 reply = await self._step(session, request, first, context, t0)
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                code = cancelled_code(context)
                 raise
             except Exception as e:
                 code = status_of(e).name
-                await abort_for(context, "StreamPredict", e)
+                await abort_for(context, "StreamPredict", e, self.metrics)
             finally:
-                self.metrics.record("StreamPredict", code, time.perf_counter() - t0)
+                self.metrics.record("StreamPredict", code, time.perf_counter() - t0, session.client)
             yield reply
             first = False
 
@@ -171,7 +171,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         parse_s = time.perf_counter() - t0
         res = actions = action = None
         if session.needs_chunk():
-            res = await self.batcher.submit(obs, deadline)
+            res = await self.batcher.submit(obs, deadline, session.client)
             actions = to_tensor(res.actions)
             if session.runner is not None:
                 session.runner.add(res.actions[None])  # (1, T, A)

@@ -1,4 +1,10 @@
-"""Exception -> gRPC status mapping shared by the servicers, with per-method metrics."""
+"""Exception -> gRPC status mapping shared by the servicers, with per-method (and per-client) metrics.
+
+A request whose deadline passed before its handler read it is answered DEADLINE_EXCEEDED and counted
+(`expired_unread`), not logged; an RPC that grpc's core has already finished (its deadline timer fired first,
+or the client went away) can no longer be answered: the handler ends as cancelled (a DEBUG line), instead of
+the ERROR traceback grpc logs when `context.abort` fails.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,22 @@ import grpc
 from vla.errors import UserError
 from vla.serving.batcher import Expired, Overloaded, Unavailable
 from vla.serving.metrics import log, log_event
+
+CLIENT_KEY = "vla-client"  # request metadata naming the caller for fairness and per-client metrics
+MAX_CLIENT_CHARS = 64
+
+
+class ExpiredUnread(Expired):
+    """The deadline passed before the handler read the request."""
+
+
+def client_of(context) -> str:
+    """Who is calling: the `vla-client` metadata (RemotePolicy sends one per instance), else the peer address
+    (one per connection)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_KEY:
+            return str(value)[:MAX_CLIENT_CHARS]
+    return context.peer()
 
 
 def status_of(e: BaseException) -> grpc.StatusCode:
@@ -25,40 +47,62 @@ def status_of(e: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def abort_for(context, method: str, e: Exception):
-    """Answer the RPC with the status for `e`; unexpected errors are logged with a traceback."""
+async def abort_for(context, method: str, e: Exception, metrics=None):
+    """Answer the RPC with the status for `e`; unexpected errors are logged with a traceback. Raises
+    CancelledError (quietly) when the RPC has already ended and cannot be answered any more."""
     code = status_of(e)
+    if isinstance(e, ExpiredUnread) and metrics is not None:
+        metrics.expired_unread += 1
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
-        await context.abort(code, f"{method}: internal error: {type(e).__name__}: {e}")
-    log_event("rpc_error", 10, method=method, code=code.name, message=str(e))  # 10 = DEBUG
-    await context.abort(code, str(e))
+        details = f"{method}: internal error: {type(e).__name__}: {e}"
+    else:
+        log_event("rpc_error", 10, method=method, code=code.name, message=str(e))  # 10 = DEBUG
+        details = str(e)
+    try:
+        await context.abort(code, details)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as gone:  # noqa: BLE001 (grpc's ExecuteBatchError: the call already has its status)
+        log_event("rpc_gone", 10, method=method, code=code.name, error=repr(gone))
+        raise asyncio.CancelledError from None
 
 
-def unary(method: str):
-    """Decorate an async unary handler: map exceptions to statuses, count the call and its latency."""
+def unary(method: str, per_client: bool = False):
+    """Decorate an async unary handler: map exceptions to statuses, count the call and its latency (per client
+    too with per_client=True: the handler then gets the client's name as a fourth argument)."""
 
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(self, request, context):
             t0 = time.perf_counter()
             code = "OK"
+            client = client_of(context) if per_client else None
             try:
                 if isinstance(request, Malformed):
                     request.raise_error()
+                if per_client:
+                    return await fn(self, request, context, client)
                 return await fn(self, request, context)
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                code = cancelled_code(context)
                 raise
             except Exception as e:
                 code = status_of(e).name
-                await abort_for(context, method, e)
+                await abort_for(context, method, e, self.metrics)
             finally:
-                self.metrics.record(method, code, time.perf_counter() - t0)
+                self.metrics.record(method, code, time.perf_counter() - t0, client)
 
         return wrapper
 
     return deco
+
+
+def cancelled_code(context) -> str:
+    """What a cancelled RPC counts as: DEADLINE_EXCEEDED when its deadline has passed (grpc cancels the handler
+    then), else CANCELLED (the client gave up)."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def deadline_of(context) -> float | None:
@@ -67,7 +111,7 @@ def deadline_of(context) -> float | None:
     if remaining is None:
         return None
     if remaining <= 0:
-        raise Expired("deadline passed before the request was read")
+        raise ExpiredUnread("deadline passed before the request was read")
     return time.perf_counter() + remaining
 
 

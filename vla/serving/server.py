@@ -41,6 +41,7 @@ class ServeConfig:
     max_batch: int = 32
     max_wait_ms: float = 0.0
     max_queue: int = 256
+    max_queue_per_client: int | None = None  # live requests one client may queue (None: max_queue)
     max_concurrent_rpcs: int | None = None  # RPCs open at once, streams included (None: max_queue + 64)
     max_message_mb: float = 16.0
     grace_s: float = 10.0
@@ -55,6 +56,10 @@ class ServeConfig:
         if self.max_message_mb <= 0 or self.grace_s < 0 or self.decode_threads < 1:
             raise ValueError(f"max_message_mb={self.max_message_mb} must be > 0, grace_s={self.grace_s} >= 0, "
                              f"decode_threads={self.decode_threads} >= 1")
+        if self.max_queue_per_client is None:
+            self.max_queue_per_client = self.max_queue
+        if self.max_queue_per_client < 1:
+            raise ValueError(f"max_queue_per_client={self.max_queue_per_client} must be >= 1")
         if self.max_concurrent_rpcs is None:  # room for a full queue plus info/health/metrics calls and streams
             self.max_concurrent_rpcs = self.max_queue + 64
         if self.max_concurrent_rpcs < 1:
@@ -101,7 +106,8 @@ class PolicyServer:
         self.batcher = self.decode_pool = self.vision_servicer = None
         if self.policy is not None:
             self.batcher = DynamicBatcher(self.policy.predict, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                          max_queue=cfg.max_queue, metrics=self.metrics,
+                                          max_queue=cfg.max_queue, max_queue_per_client=cfg.max_queue_per_client,
+                                          metrics=self.metrics,
                                           inline=bool(getattr(self.policy, "serve_inline", False)),
                                           on_fatal=self._model_stopped)
             self.decode_pool = concurrent.futures.ThreadPoolExecutor(cfg.decode_threads, "vla-decode")
@@ -125,7 +131,8 @@ class PolicyServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._stopped = asyncio.Event()
         log_event("serving", host=cfg.host, port=self.port, services=names, tls=bool(cfg.tls_cert),
-                  auth=bool(cfg.token), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
+                  auth=bool(cfg.token), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue,
+                  max_queue_per_client=cfg.max_queue_per_client)
         return self.port
 
     def _model_stopped(self, e: BaseException) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vla/v1/metrics.proto\x12\x06vla.v1\"\x10\n\x0eMetricsRequest\"\xbe\x01\n\rMethodMetrics\x12\x0e\n\x06method\x18\x01 \x01(\t\x12/\n\x05\x63odes\x18\x02 \x03(\x0b\x32 .vla.v1.MethodMetrics.CodesEntry\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\x12\x0e\n\x06window\x18\x05 \x01(\x03\x1a,\n\nCodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdd\x02\n\x07Metrics\x12&\n\x07methods\x18\x01 \x03(\x0b\x32\x15.vla.v1.MethodMetrics\x12\x34\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x0b\x32\x1f.vla.v1.Metrics.BatchSizesEntry\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x17\n\x0f\x64ropped_expired\x18\x05 \x01(\x03\x12\x19\n\x11rejected_overload\x18\x06 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x05\x12\x16\n\x0equeue_capacity\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x14\n\x0cmodel_p50_ms\x18\n \x01(\x01\x12\x19\n\x11\x64ropped_cancelled\x18\x0b \x01(\x03\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32G\n\x0eMetricsService\x12\x35\n\nGetMetrics\x12\x16.vla.v1.MetricsRequest\x1a\x0f.vla.v1.Metricsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vla/v1/metrics.proto\x12\x06vla.v1\"\x10\n\x0eMetricsRequest\"\xbe\x01\n\rMethodMetrics\x12\x0e\n\x06method\x18\x01 \x01(\t\x12/\n\x05\x63odes\x18\x02 \x03(\x0b\x32 .vla.v1.MethodMetrics.CodesEntry\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x04 \x01(\x01\x12\x0e\n\x06window\x18\x05 \x01(\x03\x1a,\n\nCodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"t\n\rClientMetrics\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\n\n\x02ok\x18\x03 \x01(\x03\x12\x0f\n\x07refused\x18\x04 \x01(\x03\x12\x17\n\x0f\x64\x65\x61\x64line_missed\x18\x05 \x01(\x03\x12\x0e\n\x06queued\x18\x06 \x01(\x05\"\x9d\x03\n\x07Metrics\x12&\n\x07methods\x18\x01 \x03(\x0b\x32\x15.vla.v1.MethodMetrics\x12\x34\n\x0b\x62\x61tch_sizes\x18\x02 \x03(\x0b\x32\x1f.vla.v1.Metrics.BatchSizesEntry\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x17\n\x0f\x64ropped_expired\x18\x05 \x01(\x03\x12\x19\n\x11rejected_overload\x18\x06 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x05\x12\x16\n\x0equeue_capacity\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x14\n\x0cmodel_p50_ms\x18\n \x01(\x01\x12\x19\n\x11\x64ropped_cancelled\x18\x0b \x01(\x03\x12\x16\n\x0e\x65xpired_unread\x18\x0c \x01(\x03\x12&\n\x07\x63lients\x18\r \x03(\x0b\x32\x15.vla.v1.ClientMetrics\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32G\n\x0eMetricsService\x12\x35\n\nGetMetrics\x12\x16.vla.v1.MetricsRequest\x1a\x0f.vla.v1.Metricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METHODMETRICS']._serialized_end=241
   _globals['_METHODMETRICS_CODESENTRY']._serialized_start=197
   _globals['_METHODMETRICS_CODESENTRY']._serialized_end=241
-  _globals['_METRICS']._serialized_start=244
-  _globals['_METRICS']._serialized_end=593
-  _globals['_METRICS_BATCHSIZESENTRY']._serialized_start=544
-  _globals['_METRICS_BATCHSIZESENTRY']._serialized_end=593
-  _globals['_METRICSSERVICE']._serialized_start=595
-  _globals['_METRICSSERVICE']._serialized_end=666
+  _globals['_CLIENTMETRICS']._serialized_start=243
+  _globals['_CLIENTMETRICS']._serialized_end=359
+  _globals['_METRICS']._serialized_start=362
+  _globals['_METRICS']._serialized_end=775
+  _globals['_METRICS_BATCHSIZESENTRY']._serialized_start=726
+  _globals['_METRICS_BATCHSIZESENTRY']._serialized_end=775
+  _globals['_METRICSSERVICE']._serialized_start=777
+  _globals['_METRICSSERVICE']._serialized_end=848
 # @@protoc_insertion_point(module_scope)

@@ -31,8 +31,24 @@ class MethodMetrics(_message.Message):
     window: int
     def __init__(self, method: _Optional[str] = ..., codes: _Optional[_Mapping[str, int]] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., window: _Optional[int] = ...) -> None: ...
 
+class ClientMetrics(_message.Message):
+    __slots__ = ("client", "calls", "ok", "refused", "deadline_missed", "queued")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MISSED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    calls: int
+    ok: int
+    refused: int
+    deadline_missed: int
+    queued: int
+    def __init__(self, client: _Optional[str] = ..., calls: _Optional[int] = ..., ok: _Optional[int] = ..., refused: _Optional[int] = ..., deadline_missed: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
 class Metrics(_message.Message):
-    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms", "dropped_cancelled")
+    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms", "dropped_cancelled", "expired_unread", "clients")
     class BatchSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +67,8 @@ class Metrics(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_P50_MS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_UNREAD_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedCompositeFieldContainer[MethodMetrics]
     batch_sizes: _containers.ScalarMap[int, int]
     batches: int
@@ -62,4 +80,6 @@ class Metrics(_message.Message):
     uptime_s: float
     model_p50_ms: float
     dropped_cancelled: int
-    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ..., dropped_cancelled: _Optional[int] = ...) -> None: ...
+    expired_unread: int
+    clients: _containers.RepeatedCompositeFieldContainer[ClientMetrics]
+    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ..., dropped_cancelled: _Optional[int] = ..., expired_unread: _Optional[int] = ..., clients: _Optional[_Iterable[_Union[ClientMetrics, _Mapping]]] = ...) -> None: ...
