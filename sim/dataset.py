@@ -38,7 +38,7 @@ class EpisodeSource(Protocol):
         """Metadata per episode; needs 'task', 'task_id', 'seed', 'length', 'instruction'."""
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
-        """'actions' (L, 4), 'state' (L, 4), 'intrinsics' (V, 3, 3) of episode `index`."""
+        """'actions' (L, 4), 'state' (L, 4), 'intrinsics' (V, 3, 3) (where known) of episode `index`."""
 
     def frame(self, index: int, t: int, views: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
         """rgb (V', H, W, 3) uint8 and depth (V', H, W) float32 metres (or None) of step t, cameras `views`."""
