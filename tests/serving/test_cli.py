@@ -78,3 +78,39 @@ def test_bench_median_rounds_and_cpu_split():
         assert server == cpus[:1] and load == cpus[1:]
     with pytest.raises(SystemExit, match="--pin"):
         bench.split_cpus(True, len(cpus))
+
+
+@pytest.mark.slow  # a server and two robot processes: ~10 s on the 2-core machine, a minute when it is busy
+def test_bench_serve_fleet_runs(tmp_path):
+    """Two robot processes at 20 Hz against the noop server: every tick answered, batch sizes from the server."""
+    from vla.serving import bench
+
+    out = tmp_path / "fleet.json"
+    assert bench.main(["--fleet", "1,2", "--policy", "noop", "--hz", "20", "--deadline-ms", "2000",
+                       "--duration", "0.5", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["robots"] for r in rows] == [1, 2]
+    for r in rows:
+        assert [p["robot"] for p in r["per_robot"]] == list(range(r["robots"]))
+        assert all(p["ticks"] == p["ok"] + p["misses"] and p["ticks"] >= 1 for p in r["per_robot"])
+        assert r["ticks"] == sum(p["ticks"] for p in r["per_robot"])
+        assert sum(int(k) * v for k, v in r["batch_sizes"].items()) == sum(p["ok"] for p in r["per_robot"])
+    assert result["capacity"] == bench_capacity(rows)
+
+
+def bench_capacity(rows):
+    return max((r["robots"] for r in rows if r["miss_rate"] < 0.01), default=0)
+
+
+def test_fleet_summary_counts_misses_and_skipped_ticks():
+    from vla.serving import fleet
+
+    robots = [{"robot": 0, "codes": {"OK": 8, "DEADLINE_EXCEEDED": 1}, "latencies": [0.01] * 8, "skipped": 1},
+              {"robot": 1, "codes": {"OK": 10}, "latencies": [0.02] * 10, "skipped": 0}]
+    row = fleet.summarise(robots, 1.0, {1: 6, 2: 6})
+    assert (row["ticks"], row["misses"], row["miss_rate"]) == (20, 2, 0.1)
+    assert row["worst_robot_miss_rate"] == 0.2 and row["per_robot"][1]["miss_rate"] == 0
+    assert row["calls_per_s_per_robot"] == 9.0 and row["mean_batch"] == 1.5 and row["max_batch_seen"] == 2
+    assert fleet.capacity([{"robots": 2, "miss_rate": 0.0}, {"robots": 4, "miss_rate": 0.009},
+                           {"robots": 6, "miss_rate": 0.05}]) == 4

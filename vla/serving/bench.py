@@ -3,6 +3,7 @@
     vla bench serve                                   # bare + noop + tiny, 128 px RGB-D, 1/8/32 clients
     vla bench serve --policy bare,noop --configs 128,224,128x2 --duration 3 --output out/bench_serve.json
     vla bench serve --policy bare,noop --clients 1,8 --pin --load-procs 2   # server and clients on own cores
+    vla bench serve --fleet 2,4,6,8 --hz 10 --deadline-ms 100 --duration 10 # robots at a control rate (fleet.py)
 
 The server runs in its own process (`vla serve --port 0`), the load generator (vla.serving.loadgen: grpc.aio, one
 channel per client, the request serialized once up front) in this one or in `--load-procs` worker processes.
@@ -33,8 +34,9 @@ CONFIGS = {"128": (128, 1), "224": (224, 1), "128x2": (128, 2)}  # name -> (imag
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="vla bench serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="bare,noop,tiny",
-                   help="comma list of bare | noop | tiny | CHECKPOINT (default bare,noop,tiny)")
+    p.add_argument("--policy", default=None,
+                   help="comma list of bare | noop | tiny | CHECKPOINT (default bare,noop,tiny; with --fleet one "
+                        "policy, default the committed default model)")
     p.add_argument("--configs", default="128", help=f"comma list of {sorted(CONFIGS)} (default 128: RGB-D, 1 camera)")
     p.add_argument("--clients", default="1,8,32", help="concurrent clients (default 1,8,32)")
     p.add_argument("--modes", default="unary,stream", help="unary,stream")
@@ -49,7 +51,24 @@ def parse_args(argv):
     p.add_argument("--pin", action="store_true", help="pin server and load generator to different CPUs")
     p.add_argument("--server-cpus", type=int, default=1, help="with --pin: CPUs given to the server (default 1)")
     p.add_argument("--output", help="write all results as JSON here")
-    return p.parse_args(argv)
+    fleet = p.add_argument_group("fleet (vla.serving.fleet)")
+    fleet.add_argument("--fleet", help="comma list of fleet sizes: that many robot processes call Predict at --hz")
+    fleet.add_argument("--hz", type=float, default=10.0, help="--fleet: calls per second per robot (default 10)")
+    fleet.add_argument("--deadline-ms", type=float, default=100.0,
+                       help="--fleet: gRPC deadline of every call (default 100 ms: one period at 10 Hz)")
+    args = p.parse_args(argv)
+    if args.policy is None:
+        args.policy = _default_model() if args.fleet else "bare,noop,tiny"
+    return args
+
+
+def _default_model() -> str:
+    from vla.default_model import DEFAULT_DIR, default_checkpoint
+
+    found = default_checkpoint()
+    if found is None:
+        raise SystemExit(f"vla bench serve --fleet: no default model in {DEFAULT_DIR}; give --policy CHECKPOINT")
+    return str(found)
 
 
 def make_obs(size: int, cameras: int, seed: int = 0) -> dict[str, Any]:
@@ -238,11 +257,29 @@ def split_cpus(pin: bool, server_cpus: int) -> tuple[list[int] | None, list[int]
     return cpus[:server_cpus], cpus[server_cpus:]
 
 
+def _fleet(args) -> int:
+    from vla.serving import fleet
+
+    if "," in args.policy or args.policy == "bare":
+        raise SystemExit(f"vla bench serve --fleet: one served policy, not --policy {args.policy}")
+    server_cpus, _ = split_cpus(args.pin, args.server_cpus)
+    rows = fleet.main(args, lambda: ServerProcess(args.policy, 128, 1, args.max_batch, args.server_threads,
+                                                  server_cpus), make_obs)
+    if args.output:
+        from vla.files import atomic_path
+
+        with atomic_path(Path(args.output)) as tmp:
+            Path(tmp).write_text(json.dumps({"capacity": fleet.capacity(rows), "rows": rows}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from vla.serving.loadgen import LoadGenerator
 
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.fleet:
+        return _fleet(args)
     for c in args.configs.split(","):
         if c not in CONFIGS:
             raise SystemExit(f"vla bench serve: unknown config {c!r}; choose from {sorted(CONFIGS)}")

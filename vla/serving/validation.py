@@ -30,6 +30,7 @@ from vla._proto.v1 import tensor_pb2 as tpb
 from vla.serving.codec import MAX_IMAGE_PIXELS, FieldError, decode_image, from_tensor
 
 DEPTH_SCALE = 1000.0  # uint16 depth units per metre (sim.schema.DEPTH_SCALE)
+_MAX_FINITE_BITS = 0x7F7FFFFF  # float32 bits of the largest finite value
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,12 @@ def _depth(cam, field: str, size: tuple[int, int]) -> np.ndarray:
     d = from_tensor(cam.depth, f, (tpb.DTYPE_FLOAT32, tpb.DTYPE_UINT16), size)
     if d.dtype == np.uint16:
         return d.astype(np.float32) / np.float32(DEPTH_SCALE)
-    # min and max propagate NaN and show +-inf: one pair of reductions checks finite and >= 0 (128x128: 9 us
-    # instead of 17 us for isfinite().all() plus (d < 0).any())
-    lo, hi = (d.min(), d.max()) if d.size else (0.0, 0.0)
+    # Finite and >= 0 in one pass: read as uint32, every such float is <= 0x7F7FFFFF (the largest finite), while
+    # a set sign bit (negatives, -0.0) or an all-ones exponent (inf, NaN) is above it. 128x128: 4.5 us against 9 us
+    # for d.min() plus d.max(). Only a depth that fails it pays for the exact check and message (-0.0 passes there).
+    if not d.size or int(d.view(np.uint32).max()) <= _MAX_FINITE_BITS:
+        return d
+    lo, hi = d.min(), d.max()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise FieldError(f, "contains NaN or infinity")
     if lo < 0:
