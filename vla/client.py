@@ -172,7 +172,12 @@ class Session:
         self._first = False
         self._n += 1
         self._requests.put(req)
-        r = next(self._call)
+        try:
+            r = next(self._call)
+        except grpc.RpcError as e:  # a stream holds server state: it does not survive a restart, open a new one
+            if e.code() in RETRYABLE:
+                raise ServerUnavailable(self._owner.address, 0.0, 1, e) from None
+            raise
         return StepResult(
             actions=from_tensor(r.actions, "actions") if r.HasField("actions") else None,
             action=from_tensor(r.action, "action") if r.HasField("action") else None,
@@ -316,9 +321,16 @@ class RemotePolicy:
         actions = np.stack([from_tensor(r.actions, "actions") for r in replies])  # (B, T, A)
         return (actions, [_timing(r.timing) for r in replies]) if with_timing else actions
 
-    def session(self, horizon: int = 0, ensemble: bool = False, ensemble_coef: float = 0.8,
+    def session(self, horizon: int | None = None, ensemble: bool | None = None, ensemble_coef: float = 0.8,
                 timeout: float | None = None) -> Session:
-        """Open a streaming session (see Session). `timeout` bounds the whole stream (None: none)."""
+        """Open a streaming session (see Session). horizon / ensemble None: the execution settings the model
+        was evaluated with (its metadata's "execution"); horizon 0: every step returns the whole chunk and the
+        caller executes it. `timeout` bounds the whole stream (None: none)."""
+        if horizon is None or ensemble is None:
+            ex = self.info()["metadata"].get("execution") or {}
+            ensemble = bool(ex.get("ensemble", False)) if ensemble is None else ensemble
+            if horizon is None:
+                horizon = 0 if ensemble else int(ex.get("horizon") or 0)
         return Session(self, horizon, ensemble, ensemble_coef, timeout)
 
     def metrics(self) -> metrics_pb2.Metrics:

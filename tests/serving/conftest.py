@@ -12,7 +12,9 @@ import pytest
 class FakePolicy:
     """Every input moves every output, rows are independent: a mixed-up or mis-decoded field changes the answer."""
 
-    def __init__(self, cameras=("corner",), chunk_len=4, action_dim=4, state_dim=4, image_size=32, delay_s=0.0):
+    def __init__(self, cameras=("corner",), chunk_len=4, action_dim=4, state_dim=4, image_size=32, delay_s=0.0,
+                 execution: dict | None = None):
+        self.execution = execution  # {"horizon", "ensemble"} the model states it was evaluated with, or None
         self.cameras, self.chunk_len, self.action_dim = tuple(cameras), chunk_len, action_dim
         self.state_dim, self.image_size, self.delay_s = state_dim, image_size, delay_s
         rng = np.random.default_rng(0)
@@ -47,7 +49,8 @@ class FakePolicy:
                 "state_dim": self.state_dim, "control_hz": 10.0, "model_version": "fake-1", "checkpoint": None,
                 "param_count": int(self.W.size),
                 "stats": {"action": {"q01": [-1.0, -1.0, -1.0, 0.0], "q99": [1.0, 1.0, 1.0, 1.0]},
-                          "gripper_threshold": 0.5}}
+                          "gripper_threshold": 0.5},
+                **({"execution": self.execution} if self.execution else {})}
 
 
 def make_obs(seed: int, size: int = 32, cameras: int = 1, depth: bool = True, intrinsics: bool = True,

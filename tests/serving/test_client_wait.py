@@ -102,10 +102,21 @@ def _readme_client_snippet() -> str:
 
 @pytest.mark.slow  # building the Meta-World environment takes ~15 s on the 2-core machine
 def test_readme_client_snippet_runs_as_written(server_factory, capsys):
-    policy = FakePolicy(cameras=("corner",), image_size=128)
-    srv = server_factory(policy)
+    policy = FakePolicy(cameras=("corner",), image_size=128, execution={"horizon": 2, "ensemble": False})
+    srv = server_factory(policy)  # executed like the default model: its stated horizon
     code = _readme_client_snippet()
     assert '"127.0.0.1:50051"' in code
     exec(compile(code.replace("127.0.0.1:50051", f"127.0.0.1:{srv.port}"), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "4 ['corner']"
     assert srv.metrics.codes["Predict"]["OK"] == 1 and srv.metrics.codes["StreamPredict"]["OK"] == 1
+
+
+def test_stream_broken_by_a_stop_names_the_address(server_factory):
+    srv = server_factory(FakePolicy())
+    addr = f"127.0.0.1:{srv.port}"
+    with RemotePolicy(addr) as remote:
+        with remote.session(horizon=2) as s:
+            assert s.step(make_obs(0)).step == 0
+            srv.stop(0)
+            with pytest.raises(ServerUnavailable, match=f"server {re.escape(addr)} unavailable"):
+                s.step(make_obs(1))

@@ -134,3 +134,20 @@ def test_client_round_robins_over_replicas(server_factory, fake_policy):
     # Stateless replicas share the unary load (round robin), and answer identically.
     assert a.metrics.rows > 0 and b.metrics.rows > 0 and a.metrics.rows + b.metrics.rows == 12
     client.close()
+
+
+def test_session_defaults_to_the_models_execution_settings(server_factory):
+    """A model evaluated with horizon 3 is executed with horizon 3 by `session()` when the caller names none."""
+    from conftest import FakePolicy
+
+    srv = server_factory(FakePolicy(execution={"horizon": 3, "ensemble": False}))
+    remote = RemotePolicy(f"127.0.0.1:{srv.port}")
+    try:
+        obs_seq = [make_obs(200 + t) for t in range(5)]
+        with remote.session() as s:
+            ran = [s.step(o).actions is not None for o in obs_seq]
+        assert ran == [True, False, False, True, False]
+        with remote.session(horizon=0) as s:  # explicit: the whole chunk every step
+            assert all(s.step(o).actions is not None and s.step(o).action is None for o in obs_seq[:2])
+    finally:
+        remote.close()

@@ -95,3 +95,4 @@ def test_eval_runs_a_model_with_the_execution_settings_it_carries(tmp_path, monk
 
     assert model_execution(Served()) == {"horizon": 2, "ensemble": True}
     assert model_execution(object()) == {"horizon": 1, "ensemble": False}
+    assert model_execution(VLAPolicy.from_config(PolicyConfig.tiny())) == {"horizon": 1, "ensemble": False}

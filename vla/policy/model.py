@@ -266,8 +266,8 @@ class VLAPolicy(nn.Module):
             "state_dim": cfg.state_dim,
             "stats": self.stats,
             "control_hz": cfg.control_hz,
-            # how the model was evaluated: runners and clients use it unless told otherwise
-            "execution": {"horizon": cfg.exec_horizon or 1, "ensemble": cfg.exec_ensemble},
+            # how the model was evaluated (horizon None: not stated): runners and clients use it unless told otherwise
+            "execution": {"horizon": cfg.exec_horizon, "ensemble": cfg.exec_ensemble},
             "model_version": cfg.model_version,
             "checkpoint": self.checkpoint,
             "param_count": self.param_count,
