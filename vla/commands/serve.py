@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from vla.serving.server import ServeConfig, serve
 
     log = logging.getLogger("vla.serving")
-    if args.threads:
+    if args.threads and (args.policy != "noop" or args.clip):  # noop alone has no torch: skip its import
         import torch
 
         torch.set_num_threads(args.threads)
