@@ -22,6 +22,8 @@ from sim.lerobot.meta import Episode, FeatureMap, LeRobotMeta, parse_features
 from sim.lerobot.video import INHERITED, DecoderCache
 from vla.errors import UserError
 
+ARRAYS_CACHE = 1024  # episodes whose state/action/timestamp arrays stay in memory (~30 KB each at 300 frames)
+
 
 class _ParquetFiles:
     """Open ParquetFiles and a few decoded row groups per process (LRU), for per-sample image/depth reads."""
@@ -120,8 +122,9 @@ class LeRobotSource:
         self._decoders = DecoderCache(decoders)
         self._parquet = _ParquetFiles()
         self._columns: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()  # data file -> small columns
-        self._arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._episodes = [self._describe(i, e) for i, e in enumerate(self._eps)]
+        self._arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # episode -> its rows' small arrays
+        task_ids = {t: k for k, t in self.meta.tasks.items()}
+        self._episodes = [self._describe(i, e, task_ids) for i, e in enumerate(self._eps)]
 
     # --- EpisodeSource ---------------------------------------------------------------------------------
     def episodes(self) -> list[dict[str, Any]]:
@@ -131,7 +134,7 @@ class LeRobotSource:
         a = self._arrays.pop(index, None)
         if a is None:
             a = self._read_arrays(index)
-            while len(self._arrays) >= 256:
+            while len(self._arrays) >= ARRAYS_CACHE:
                 self._arrays.popitem(last=False)
         self._arrays[index] = a
         return {k: v for k, v in a.items() if k in ("actions", "state", "intrinsics")}
@@ -157,8 +160,7 @@ class LeRobotSource:
         return np.stack(rgb), depth
 
     # --- reading ---------------------------------------------------------------------------------------
-    def _describe(self, i: int, e: Episode) -> dict[str, Any]:
-        task_ids = {t: k for k, t in self.meta.tasks.items()}
+    def _describe(self, i: int, e: Episode, task_ids: dict[str, int]) -> dict[str, Any]:
         text = e.tasks[0] if len(e.tasks) == 1 else None
         if text is None or self.fmap.instruction != "task":
             text = self._first_instruction(i)
