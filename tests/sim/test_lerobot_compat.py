@@ -1,9 +1,13 @@
 """Compatibility with the real LeRobot library, run in its own virtual environment (never this project's).
 
 LeRobot writes a dataset with its own API (`LeRobotDataset.create` / `add_frame` / `save_episode` / `finalize`)
-and we read it; we export one and LeRobot's loader reads it. Skipped unless `VLA_LEROBOT_PYTHON` (default
-/tmp/lerobot-venv/bin/python) is a Python where `lerobot` (or the standalone `ledataset`) imports. How that
-environment was built here, with LeRobot 0.4.4 / lerobot-dataset 0.4.4 (Python 3.11), is in docs/benchmarks.md.
+and we read it; we export one and LeRobot's loader reads it; LeRobot's v2.1 -> v3.0 converter takes our v2.1
+fixture. Skipped unless `VLA_LEROBOT_PYTHON` (default /tmp/lerobot-venv/bin/python) is a Python where `lerobot` (or
+the standalone `ledataset`) imports. Verified 2026-12-01 with a Python 3.11 venv holding lerobot 0.4.4 (installed
+--no-deps, plus draccus 0.10.0, accelerate, einops) and lerobot-dataset 0.4.4 with their other dependencies
+(datasets 4.1.1, av 15.1.0, pandas), torchcodec 0.17.0 over Debian's FFmpeg 5.1 libraries (LeRobot's decoder:
+torchvision 0.29 has no VideoReader for its PyAV path), and torch/torchvision borrowed read-only from this
+project's .venv through a .pth file (LeRobot 0.5+ needs Python 3.12; a torch for it would be a multi-GB download).
 """
 
 import json
