@@ -327,7 +327,7 @@ class RemotePolicy:
         was evaluated with (its metadata's "execution"); horizon 0: every step returns the whole chunk and the
         caller executes it. `timeout` bounds the whole stream (None: none)."""
         if horizon is None or ensemble is None:
-            ex = self.info()["metadata"].get("execution") or {}
+            ex = (self.info().get("metadata") or {}).get("execution") or {}
             ensemble = bool(ex.get("ensemble", False)) if ensemble is None else ensemble
             if horizon is None:
                 horizon = 0 if ensemble else int(ex.get("horizon") or 0)
