@@ -10,7 +10,7 @@ export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 APT_PACKAGES := libegl1 libgl1 libosmesa6 libgles2
 
-.PHONY: setup system-deps test test-fast demo lint clean
+.PHONY: setup system-deps test test-fast mutation demo lint clean
 
 setup: system-deps $(STAMP)
 
@@ -34,6 +34,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+# Planted bugs in a temporary copy, each against the tests that guard its module (not in CI: ~30 min on 2 cores);
+# the table lands in docs/benchmarks.md.
+mutation: setup
+	nice -n 5 $(BIN)/python scripts/mutation.py --update-docs
 
 lint: setup
 	$(BIN)/ruff check .
