@@ -24,7 +24,8 @@ from vla.errors import UserError
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIXES = (".pt", ".pth", ".bin")
 REFUSED = "refusing to load .*: it holds something other than plain tensors"  # vla.files.load_state_dict
-pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the bare pickle stream's protocol
+pytestmark = [pytest.mark.filterwarnings("ignore:Detected pickle protocol"),  # the bare pickle stream's protocol
+              pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")]  # the archives we make to refuse
 
 
 class Payload:
