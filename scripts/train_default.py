@@ -81,10 +81,13 @@ class DaggerRound:
 
 
 PRESETS = {
-    # Two DAgger rounds on top of behaviour cloning (docs/policy_experiments.md): beta 0.3 then 0.1.
-    "default": Preset(tasks=MT10, episodes=20, eval_max_steps=500,
-                      dagger=(DaggerRound(episodes=10, beta=0.3, steps=1500),
-                              DaggerRound(episodes=10, beta=0.1, steps=1200))),
+    # The committed default model (behaviour cloning on the expert demonstrations).
+    "default": Preset(tasks=MT10, episodes=20),
+    # default + two DAgger rounds (beta 0.3 then 0.1): 0.23 on held-out seeds against the default's 0.24, no gain
+    # (docs/policy_experiments.md, 2026-12-01); kept to build on once the vision path resolves the goals.
+    "dagger": Preset(tasks=MT10, episodes=20, eval_max_steps=500,
+                     dagger=(DaggerRound(episodes=10, beta=0.3, steps=1500),
+                             DaggerRound(episodes=10, beta=0.1, steps=1200))),
     # Seconds, not quality: proves every stage and the export end to end (tests/demo uses it).
     "smoke": Preset(tasks=("reach-v3", "drawer-open-v3"), episodes=2, policy_preset="tiny", policy_steps=6,
                     policy_batch=8, save_every=3, clip_model="vla-tiny", clip_steps=4, clip_batch=8,
