@@ -1,16 +1,11 @@
 """Collection -> files -> EpisodeDataset round trip, checked by replaying the stored actions; kill and resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from collect_helpers import kill_after_first_episode
 
 from sim.collect import CollectConfig, collect
 from sim.dataset import EpisodeDataset
@@ -83,25 +78,12 @@ def test_split_by_seed_and_loader(dataset_root):
         EpisodeDataset(dataset_root / "reach-v3")
 
 
-def _episode_files(root: Path):
-    return sorted(p for p in root.glob("*/*.json") if not p.name.endswith(".failed.json"))
-
-
 def test_killed_collection_resumes(tmp_path):
     out = tmp_path / "run"
     code = ("import sys; from sim.collect import CollectConfig, collect; "
             f"collect(CollectConfig(tasks=('reach-v3',), episodes=3, out={str(out)!r}, image_size={SIZE}), "
             "progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=os.getcwd()))
-    try:
-        deadline = time.time() + 120
-        while not _episode_files(out) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert _episode_files(out), "the collector wrote no episode before the deadline"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    first = _episode_files(out)
+    first = kill_after_first_episode(code, out, timeout=120)
     stamps = {p: p.stat().st_mtime_ns for p in first}
     manifest = collect(CollectConfig(tasks=("reach-v3",), episodes=3, out=str(out), image_size=SIZE),
                        progress=False)

@@ -5,15 +5,11 @@ deterministic), asks the scripted expert for its action in every replayed state,
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from collect_helpers import kill_after_first_episode
 
 from sim.collect import CollectConfig, collect
 from sim.dataset import EpisodeDataset
@@ -125,25 +121,12 @@ def test_settings_are_checked_and_a_resumed_round_must_match(tmp_path, wrong_dri
                               max_steps=5), progress=False)
 
 
-def _episode_files(root: Path):
-    return sorted(p for p in root.glob("*/*.json") if not p.name.endswith(".failed.json"))
-
-
 def test_killed_dagger_round_resumes_without_duplicates_or_losses(tmp_path, wrong_driver):
     out = tmp_path / "round1"
     kwargs = dict(tasks=(TASK,), episodes=3, out=str(out), image_size=SIZE, driver=str(wrong_driver), beta=0.5,
                   round=1, seed_start=20, max_steps=25)
     code = f"from sim.collect import CollectConfig, collect; collect(CollectConfig(**{kwargs!r}), progress=False)"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=os.getcwd()))
-    try:
-        deadline = time.time() + 180
-        while not _episode_files(out) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert _episode_files(out), "the collector wrote no episode before the deadline"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    first = _episode_files(out)
+    first = kill_after_first_episode(code, out)
     stamps = {p: p.stat().st_mtime_ns for p in first}
     m = collect(CollectConfig(**kwargs), progress=False)
     assert [e["seed"] for e in m["episodes"]] == [20, 21, 22]  # none lost, none twice
