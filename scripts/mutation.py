@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def run_tests(tree: Path, tests: tuple[str, ...], interpret: bool, timeout: floa
     dt = time.perf_counter() - t0
     if proc.returncode == 0:
         return "passed", "", dt
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", proc.stdout, re.M)  # test ids may hold spaces
     why = failed[0] if failed else f"pytest exit {proc.returncode}: {(proc.stdout + proc.stderr)[-300:]!r}"
     return "failed", why, dt
 
@@ -255,6 +256,14 @@ def table(results: list[dict]) -> str:
         detail = r["killed_by"] if r["status"] == "killed" else (r["note"] or "**no test fails: add one**")
         lines.append(f"| {r['module']} | {r['name']} | {r['status']} | {detail.replace('|', '/')} |")
     return "\n".join(lines)
+
+
+def docs_header(n: int, minutes: float, date: str, load: float | None) -> str:
+    where = f"{os.cpu_count()} cores, {platform.machine()}" + (f", load average {load:.1f} at the end" if load else "")
+    return textwrap.fill(
+        f"`make mutation`: {n} planted bugs, {minutes:.0f} min ({where}), {date}. Each runs only the tests that "
+        "guard its module, with `-x`, so the first failing test is named; mutants and their tests are listed in "
+        "`scripts/mutation.py`.", 116) + "\n\n"
 
 
 def update_docs(text: str) -> None:
@@ -312,14 +321,11 @@ def main(argv=None) -> int:
     print("\n" + text)
     from vla.files import write_json_atomic
 
-    write_json_atomic(args.json, {"date": datetime.date.today().isoformat(), "minutes": round(minutes, 1),
-                                  "results": results})
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+    date = datetime.date.today().isoformat()
+    write_json_atomic(args.json, {"date": date, "minutes": round(minutes, 1), "load": load, "results": results})
     if args.update_docs:
-        header = (f"`make mutation` ({len(results)} planted bugs, {minutes:.0f} min on {os.cpu_count()} cores, "
-                  f"{platform.machine()}, {datetime.date.today().isoformat()}; each runs only the tests that guard "
-                  "its module, `-x`, so the first failing test is named). Mutants and their tests: "
-                  "`scripts/mutation.py`.\n\n")
-        update_docs(header + text)
+        update_docs(docs_header(len(results), minutes, date, load) + text)
     unexplained = [r for r in results if r["status"] == "survived" and not r["note"]]
     return 1 if unexplained else 0
 
