@@ -36,6 +36,16 @@ def _code(future) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+
+async def _busy_batcher(policy, client: str | None = None, **kwargs):
+    """A started DynamicBatcher whose model thread is held in `policy` by one request (returned as `first`)."""
+    b = DynamicBatcher(policy.predict, **kwargs)
+    b.start()
+    first = asyncio.ensure_future(b.submit(make_obs(0), **({"client": client} if client else {})))
+    while not policy.seen:
+        await asyncio.sleep(0.005)
+    return b, first
+
 def test_queue_full_of_dead_entries_admits_a_live_request(server_factory):
     """Q=4 entries whose callers gave up (client deadline) must not refuse the next live call."""
     policy = GatedPolicy()
@@ -64,11 +74,7 @@ def test_expired_entries_are_answered_deadline_exceeded_when_found():
     policy = GatedPolicy()
 
     async def main():
-        b = DynamicBatcher(policy.predict, max_batch=1, max_queue=2)
-        b.start()
-        first = asyncio.ensure_future(b.submit(make_obs(0)))
-        while not policy.seen:
-            await asyncio.sleep(0.005)
+        b, first = await _busy_batcher(policy, max_batch=1, max_queue=2)
         soon = time.perf_counter() + 0.05
         late = [asyncio.ensure_future(b.submit(make_obs(i), deadline=soon)) for i in (1, 2)]
         await asyncio.sleep(0.1)  # both expire in the queue (the model is still blocked)
@@ -95,11 +101,7 @@ def test_live_requests_still_fill_the_queue():
     policy = GatedPolicy()
 
     async def main():
-        b = DynamicBatcher(policy.predict, max_batch=1, max_queue=2)
-        b.start()
-        first = asyncio.ensure_future(b.submit(make_obs(0), client="a"))
-        while not policy.seen:
-            await asyncio.sleep(0.005)
+        b, first = await _busy_batcher(policy, client="a", max_batch=1, max_queue=2)
         queued = [asyncio.ensure_future(b.submit(make_obs(i), client="a")) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="request queue full"):
@@ -116,11 +118,7 @@ def test_batches_are_filled_round_robin_across_clients():
     policy = GatedPolicy()
 
     async def main():
-        b = DynamicBatcher(policy.predict, max_batch=4, max_queue=16)
-        b.start()
-        first = asyncio.ensure_future(b.submit(make_obs(0), client="x"))
-        while not policy.seen:
-            await asyncio.sleep(0.005)
+        b, first = await _busy_batcher(policy, client="x", max_batch=4, max_queue=16)
         jobs = []
         for client, n in (("a", 6), ("b", 2), ("c", 1)):
             for i in range(n):
@@ -145,11 +143,7 @@ def test_full_queue_pushes_out_the_flooders_newest():
     policy = GatedPolicy()
 
     async def main():
-        b = DynamicBatcher(policy.predict, max_batch=1, max_queue=3)
-        b.start()
-        first = asyncio.ensure_future(b.submit(make_obs(0), client="flood"))
-        while not policy.seen:
-            await asyncio.sleep(0.005)
+        b, first = await _busy_batcher(policy, client="flood", max_batch=1, max_queue=3)
         flood = [asyncio.ensure_future(b.submit(make_obs(i), client="flood")) for i in (1, 2, 3)]
         await asyncio.sleep(0)
         steady = asyncio.ensure_future(b.submit(make_obs(9), client="steady"))
@@ -169,11 +163,7 @@ def test_per_client_limit_refuses_at_once():
     policy = GatedPolicy()
 
     async def main():
-        b = DynamicBatcher(policy.predict, max_batch=1, max_queue=10, max_queue_per_client=2)
-        b.start()
-        first = asyncio.ensure_future(b.submit(make_obs(0), client="a"))
-        while not policy.seen:
-            await asyncio.sleep(0.005)
+        b, first = await _busy_batcher(policy, client="a", max_batch=1, max_queue=10, max_queue_per_client=2)
         mine = [asyncio.ensure_future(b.submit(make_obs(i), client="a")) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="client 'a' has 2 requests queued"):

@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from e
     manifest = collect(cfg, progress=not args.no_progress)
     for task, c in manifest["tasks"].items():
-        print(f"{task}: {c['episodes']} episodes ({c['successes']} successful), {c['failures']} expert failures, "
-              f"{c['steps']} steps")
+        failures = f", {c['failures']} expert failures" if cfg.source == "expert" else ""  # kept when not expert
+        print(f"{task}: {c['episodes']} episodes ({c['successes']} successful){failures}, {c['steps']} steps")
     print(f"{manifest['num_episodes']} episodes ({manifest['num_steps']} steps) in {args.out}")
     return 0
 
