@@ -167,7 +167,7 @@ def run_episode(job: tuple[str, int, dict[str, Any], str, dict[str, Any]]) -> di
     rng = episode_rng(task, seed, how["round"])
     queue = ChunkQueue(1, how["horizon"], schema.ACTION_DIM)
     obs, info = env.reset(seed=seed, options={"task": task})
-    rgbs, depths, states, labels, executed, rewards, successes = [], [], [], [], [], [], []
+    rgbs, depths, states, raws, labels, executed, rewards, successes = [], [], [], [], [], [], [], []
     while True:
         label = np.asarray(labeller.label(obs, info), np.float32)
         action = label
@@ -182,6 +182,7 @@ def run_episode(job: tuple[str, int, dict[str, Any], str, dict[str, Any]]) -> di
         rgbs.append(obs["rgb"])
         depths.append(obs.get("depth"))
         states.append(obs["state"])
+        raws.append(info["raw_obs"])
         labels.append(label)
         executed.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -199,6 +200,7 @@ def run_episode(job: tuple[str, int, dict[str, Any], str, dict[str, Any]]) -> di
             "image_size": kwargs["image_size"], "intrinsics": intrinsics.tolist(), "source": how["source"],
             "round": how["round"]}
     arrays = {"actions": np.stack(labels).astype(np.float32), "state": np.stack(states),
+              "raw_obs": np.stack(raws).astype(np.float32),
               "rewards": np.asarray(rewards, np.float32), "success": np.asarray(successes, bool),
               "intrinsics": intrinsics}
     if how["source"] != "expert":

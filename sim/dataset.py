@@ -6,7 +6,8 @@
 Sample: rgb (V, H, W, 3) uint8, depth (V, H, W) float32 m, intrinsics (V, 3, 3) float32, state (4,) float32,
 instruction str, action (4,) float32, actions (T, 4) float32 = actions t..t+T-1 padded by repeating the
 episode's last action, action_mask (T,) bool (False on padding), episode_index / task_id / frame_index int,
-task str. Episodes are split into train/val by seed (sim.schema.is_val_seed).
+task str; privileged (P,) float32 where the folder recorded Meta-World's state (training-time targets, see
+sim.schema.PRIVILEGED_TARGETS). Episodes are split into train/val by seed (sim.schema.is_val_seed).
 
 Several folders (expert demonstrations, noise-injected ones, DAgger rounds) train as one dataset:
 `EpisodeDataset(["data/expert", "data/dagger1"])`, or `vla train --data data/expert,data/dagger1`.
@@ -38,7 +39,8 @@ class EpisodeSource(Protocol):
         """Metadata per episode; needs 'task', 'task_id', 'seed', 'length', 'instruction'."""
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
-        """'actions' (L, 4), 'state' (L, 4), 'intrinsics' (V, 3, 3) (where known) of episode `index`."""
+        """'actions' (L, 4), 'state' (L, 4), 'intrinsics' (V, 3, 3) (where known) of episode `index`; optional
+        'privileged' (L, P): training-only targets (sim.schema.PRIVILEGED_TARGETS), never policy inputs."""
 
     def frame(self, index: int, t: int, views: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
         """rgb (V', H, W, 3) uint8 and depth (V', H, W) float32 metres (or None) of step t, cameras `views`."""
@@ -74,7 +76,10 @@ class NpzEpisodeSource:
 
     def arrays(self, index: int) -> dict[str, np.ndarray]:
         r = self._reader(index)
-        return {"actions": r.actions, "state": r.state, "intrinsics": r.intrinsics}
+        out = {"actions": r.actions, "state": r.state, "intrinsics": r.intrinsics}
+        if r.raw_obs is not None:
+            out["privileged"] = r.raw_obs[:, schema.PRIVILEGED_INDEX]
+        return out
 
     def frame(self, index: int, t: int, views: list[int]):
         return self._reader(index).frame(t, views)
@@ -184,4 +189,6 @@ class EpisodeDataset(torch.utils.data.Dataset):
             sample["intrinsics"] = torch.from_numpy(np.ascontiguousarray(arrays["intrinsics"][self.views]))
         if depth is not None:
             sample["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
+        if arrays.get("privileged") is not None:
+            sample["privileged"] = torch.from_numpy(np.ascontiguousarray(arrays["privileged"][t]))
         return sample

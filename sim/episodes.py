@@ -67,6 +67,7 @@ class EpisodeReader:
             self.actions = z["actions"]
             self.state = z["state"]
             self.intrinsics = z["intrinsics"]
+            self.raw_obs = z["raw_obs"] if "raw_obs" in z.files else None  # older folders lack it
             self.has_depth = "depth_0000" in z.files
         self.length = len(self.actions)
 

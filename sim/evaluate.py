@@ -3,8 +3,9 @@
     from sim.evaluate import EvalConfig, evaluate, load_policy
     results = evaluate(load_policy("expert"), EvalConfig(tasks=("push-v3",), episodes=20))
 
-Episodes are (task, seed) jobs, seeds EVAL_SEED_BASE + i (never used for collection), spread over `workers`
-environment processes (gymnasium AsyncVectorEnv, one per core); a finished environment takes the next job, of
+Episodes are (task, seed) jobs, seeds EVAL_SEED_BASE + i (never used for collection; `seeds="train"` takes the
+training-split collection seeds instead, to measure the fit), spread over `workers` environment processes
+(gymnasium AsyncVectorEnv, one per core); a finished environment takes the next job, of
 any task. The policy sees the whole batch each time any environment needs a new chunk; rows that do not need
 one are ignored. Success = Meta-World's `info["success"]` at any step (the episode ends there).
 """
@@ -42,6 +43,9 @@ class EvalConfig:
     max_steps: int = schema.MAX_EPISODE_STEPS
     instructions: str = "heldout"
     seed_base: int = schema.EVAL_SEED_BASE
+    # 'heldout': seeds seed_base + i (layouts never collected); 'train': the first training-split collection
+    # seeds (0, 1, ... without the validation ones): how well the policy fits the layouts it was trained on.
+    seeds: str = "heldout"
     video_dir: str | None = None
     vector: str = "async"  # 'async' (a process per environment) or 'sync' (in-process, for debugging)
 
@@ -55,8 +59,15 @@ class EvalConfig:
                 raise ValueError(f"{name}={value} must be >= 1")
         if self.seed_base < schema.EVAL_SEED_BASE:
             raise ValueError(f"seed_base={self.seed_base} overlaps collection seeds (< {schema.EVAL_SEED_BASE})")
+        if self.seeds not in ("heldout", "train"):
+            raise ValueError(f"seeds={self.seeds!r} is not 'heldout' or 'train'")
         if self.vector not in ("async", "sync"):
             raise ValueError(f"vector={self.vector!r} is not 'async' or 'sync'")
+
+    def episode_seeds(self) -> list[int]:
+        if self.seeds == "train":
+            return [s for s in range(2 * self.episodes + 2) if not schema.is_val_seed(s)][: self.episodes]
+        return [self.seed_base + k for k in range(self.episodes)]
 
     def env_kwargs(self) -> dict[str, Any]:
         return dict(task=self.tasks[0], cameras=self.cameras, image_size=self.image_size, depth=self.depth,
@@ -174,7 +185,7 @@ def _policy_batch(obs: dict, raw: np.ndarray, tasks: list, privileged: bool) -> 
 
 def evaluate(policy: schema.Policy, cfg: EvalConfig, progress: bool = False) -> dict[str, Any]:
     """Run cfg.episodes held-out episodes per task; -> the results dict (see `summarise`)."""
-    jobs = deque((t, cfg.seed_base + k, k) for t in cfg.tasks for k in range(cfg.episodes))
+    jobs = deque((t, seed, k) for t in cfg.tasks for k, seed in enumerate(cfg.episode_seeds()))
     n = min(cfg.workers, len(jobs))
     venv = _vector_env(cfg, n)
     chunker = ChunkEnsembler(n, schema.ACTION_DIM, cfg.ensemble_coef) if cfg.ensemble else \

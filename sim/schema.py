@@ -31,7 +31,8 @@ Episode dataset on disk (`vla collect`, read by `sim.dataset.EpisodeDataset`):
     ROOT/manifest.json              per-task counts, action/state statistics, the episode list
     ROOT/config.json                the collection settings (a resumed run must match them)
     ROOT/<task>/<task>_s<seed:06d>.npz   one episode, L steps: `actions` (L, 4) float32, `state` (L, 4)
-        float32, `rewards` (L,) float32, `success` (L,) bool, `intrinsics` (V, 3, 3) float32, and per step t
+        float32, `rewards` (L,) float32, `success` (L,) bool, `intrinsics` (V, 3, 3) float32, `raw_obs` (L, 39)
+        float32 (Meta-World's state vector of each step, for training-time targets only), and per step t
         `rgb_<t:04d>` (V, H, W, 3) uint8 and `depth_<t:04d>` (V, H, W) uint16 millimetres (frames stored
         one per member so a sample decompresses one frame, not the episode). Frame t is the observation the
         action at t was taken from.
@@ -53,6 +54,11 @@ ACTION_DIM = 4
 RAW_OBS_DIM = 39
 OBS_KEYS = ("rgb", "depth", "intrinsics", "state", "instruction")
 PRIVILEGED_KEYS = ("raw_obs", "task")
+# Training-time regression targets read from raw_obs (never policy inputs): where the objects and the goal are,
+# so that the vision path is taught to locate them (`PolicyConfig.privileged_dim`, an auxiliary loss).
+PRIVILEGED_TARGETS = {"object_pos": (4, 7), "object2_pos": (11, 14), "goal_pos": (36, 39)}
+PRIVILEGED_INDEX = np.concatenate([np.arange(a, b) for a, b in PRIVILEGED_TARGETS.values()])
+PRIVILEGED_DIM = len(PRIVILEGED_INDEX)
 
 EVAL_SEED_BASE = 1_000_000
 DEFAULT_CAMERAS = ("corner",)

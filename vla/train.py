@@ -36,7 +36,14 @@ from vla.files import atomic_path, read_jsonl, truncate_jsonl, write_json_atomic
 from vla.policy.action_grid import ActionGrid
 from vla.policy.checkpoint import recover_dir, write_dir_atomic, write_policy_files
 from vla.policy.config import PolicyConfig
-from vla.policy.data import PolicyDataset, augment, collate, dataset_actions, dataset_states
+from vla.policy.data import (
+    PolicyDataset,
+    augment,
+    collate,
+    dataset_actions,
+    dataset_privileged,
+    dataset_states,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class TrainConfig:
     augment: bool = True
     shift: float = 0.06  # random shift, fraction of the image size
     jitter: float = 0.2  # brightness/contrast/saturation amplitude
+    privileged_weight: float = 1.0  # weight of the privileged-target loss (policies with privileged_dim > 0)
     device: str = "auto"
     progress: bool = True
 
@@ -71,6 +79,8 @@ class TrainConfig:
             raise UserError(f"need lr > 0, 0 <= min_lr_ratio <= 1, grad_clip > 0, weight_decay >= 0; got lr="
                             f"{self.lr}, min_lr_ratio={self.min_lr_ratio}, grad_clip={self.grad_clip}, "
                             f"weight_decay={self.weight_decay}")
+        if not (isinstance(self.privileged_weight, (int, float)) and self.privileged_weight >= 0):
+            raise UserError(f"privileged_weight must be a number >= 0, got {self.privileged_weight!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 
@@ -202,6 +212,15 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
     stats = default_stats(config, grid)
     stats["state"] = {"mean": states.mean(0).tolist(), "std": np.maximum(states.std(0), 1e-3).tolist()}
     first = dataset[0] if len(dataset) else {}
+    if config.privileged_dim:
+        have = np.asarray(first["privileged"]).shape if first.get("privileged") is not None else None
+        if have != (config.privileged_dim,):
+            raise UserError(f"privileged_dim={config.privileged_dim} but the dataset's samples have "
+                            f"{'no privileged targets' if have is None else f'privileged of shape {have}'}: "
+                            "collect the data with this version (episodes record raw_obs) or set privileged_dim "
+                            f"to {0 if have is None else have[0]}")
+        p = dataset_privileged(dataset)
+        stats["privileged"] = {"mean": p.mean(0).tolist(), "std": np.maximum(p.std(0), 1e-3).tolist()}
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}
@@ -209,12 +228,26 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
 
 
 # --- one step -------------------------------------------------------------------------------------------
-def compute_loss(model, policy, batch: dict[str, Any], world: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients)."""
+def compute_loss(model, policy, batch: dict[str, Any], world: int,
+                 privileged_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients), plus,
+    for a policy with privileged_dim, privileged_weight x the smooth-L1 error of its privileged readout on the
+    standardised targets (mean over the rows: DDP's gradient average makes it the global batch's mean)."""
     inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
               "instructions": batch["instruction"], "depth": batch.get("depth"),
               "intrinsics": batch.get("intrinsics")}
-    logits = model(**inputs)
+    aux = None
+    if policy.config.privileged_dim:
+        if batch.get("privileged") is None:
+            raise UserError(f"the policy regresses privileged_dim={policy.config.privileged_dim} targets but this "
+                            "batch has none: every episode folder must record raw_obs (collect with this version)")
+        logits, pred = model(**inputs, privileged=True)
+        s = policy.stats["privileged"]
+        mean = torch.tensor(s["mean"], dtype=torch.float32, device=pred.device)
+        std = torch.tensor(s["std"], dtype=torch.float32, device=pred.device)
+        aux = F.smooth_l1_loss(pred.float(), (batch["privileged"].float() - mean) / std)
+    else:
+        logits = model(**inputs)
     tokens, mask = batch["tokens"], batch["action_mask"]  # (B, T, G), (B, T)
     loss_sum = torch.zeros((), device=tokens.device)
     correct = torch.zeros((), device=tokens.device)
@@ -227,7 +260,11 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int) -> tuple[torc
         dist.all_reduce(totals)
     count = totals[2].clamp_min(1)
     loss = loss_sum / count * world
-    return loss, {"loss": float(totals[0] / count), "token_acc": float(totals[1] / count)}
+    rec = {"loss": float(totals[0] / count), "token_acc": float(totals[1] / count)}
+    if aux is not None:
+        loss = loss + privileged_weight * aux
+        rec["privileged_loss"] = float(aux.detach())  # this rank's rows
+    return loss, rec
 
 
 def _to_device(batch: dict[str, Any], policy, tc: TrainConfig, step: int, rank: int, dev) -> dict[str, Any]:
@@ -297,7 +334,7 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
             group["lr"] = lr
         batch = _to_device(batch, policy, tc, step, rank, dev)
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, rec = compute_loss(model, policy, batch, world)
+            loss, rec = compute_loss(model, policy, batch, world, tc.privileged_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -342,6 +379,9 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     steps = [r["step"] for r in recs]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [r["loss"] for r in recs], label="loss (CE / token)")
+    if any("privileged_loss" in r for r in recs):
+        ax.plot(steps, [r.get("privileged_loss", float("nan")) for r in recs], color="tab:green",
+                label="privileged targets (smooth L1)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()

@@ -180,3 +180,69 @@ def test_cli_trains_on_a_collected_episode_folder(tmp_path):
     assert policy.config.chunk_len == 4 and len((out / "metrics.jsonl").read_text().splitlines()) == 2
     md = policy.metadata()  # the camera model the policy was trained with is served as metadata
     assert md["uses_depth"] and md["intrinsics"] == {"corner": K[0].tolist()}
+
+
+class _WithPrivileged:
+    """SyntheticDataset samples plus 9 privileged targets that are a function of the image (mean colour of
+    three horizontal bands), so a policy can learn to regress them from pixels."""
+
+    def __init__(self, base: SyntheticDataset):
+        self.base, self.cameras = base, base.cameras
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        s = dict(self.base[i])
+        bands = s["rgb"][0, :30].float().reshape(3, 10, -1, 3).mean(dim=(1, 2)) / 255.0  # (3 bands, 3 colours)
+        s["privileged"] = bands.flatten()
+        return s
+
+
+def _smooth_l1(x):
+    a = np.abs(x)
+    return np.where(a < 1, 0.5 * x**2, a - 0.5).mean()
+
+
+def test_privileged_targets_loss_matches_hand_computation_and_is_learned(tmp_path):
+    from vla.train import compute_loss
+
+    ds = _WithPrivileged(SyntheticDataset(16, seed=0))
+    targets = np.stack([ds[i]["privileged"].numpy() for i in range(len(ds))]).astype(np.float64)
+    tc = TrainConfig(steps=100, batch_size=16, lr=3e-3, warmup_steps=10, save_every=1000, log_every=10,
+                     progress=False, augment=False, privileged_weight=0.5)
+    train(PolicyConfig.tiny(privileged_dim=9), ds, tmp_path, tc, resume=False)
+    policy = VLAPolicy.load(tmp_path / "policy")
+    s = policy.stats["privileged"]
+    np.testing.assert_allclose(s["mean"], targets.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s["std"], np.maximum(targets.std(0), 1e-3), rtol=1e-5)
+    recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["privileged_loss"] < recs[0]["privileged_loss"] / 3, (recs[0], recs[-1])
+
+    # the loss is CE + weight x smooth-L1 of the readout on the standardised targets
+    b = collate([ds[i] for i in range(len(ds))])
+    b["tokens"] = policy.action_grid.encode(b["actions"])
+    with torch.no_grad():
+        total, rec = compute_loss(policy, policy, b, world=1, privileged_weight=0.5)
+        _, pred = policy(b["rgb"], policy.normalize_state(b["state"]), b["instruction"], b["depth"],
+                         b["intrinsics"], privileged=True)
+    z = (b["privileged"].numpy() - np.array(s["mean"])) / np.array(s["std"])
+    hand = _smooth_l1(pred.numpy().astype(np.float64) - z)
+    assert rec["privileged_loss"] == pytest.approx(hand, rel=1e-4)
+    assert float(total) == pytest.approx(rec["loss"] + 0.5 * hand, rel=1e-4)
+
+    # the readout is training-only: actions do not depend on its weights
+    obs = {"rgb": b["rgb"], "depth": b["depth"], "intrinsics": b["intrinsics"], "state": b["state"],
+           "instruction": b["instruction"]}
+    before = policy.predict_tokens(obs)
+    with torch.no_grad():
+        policy.privileged_head.weight.normal_()
+    assert torch.equal(policy.predict_tokens(obs), before)
+
+
+def test_privileged_dim_without_targets_is_refused(tmp_path):
+    from vla.errors import UserError
+
+    tc = TrainConfig(steps=1, batch_size=4, progress=False)
+    with pytest.raises(UserError, match=r"privileged_dim=9 but the dataset's samples have no privileged targets"):
+        train(PolicyConfig.tiny(privileged_dim=9), SyntheticDataset(8), tmp_path, tc, resume=False)

@@ -41,12 +41,16 @@ def test_dataset_samples_replay_in_the_simulator(dataset_root):
     length = meta["length"]
     env = MetaWorldRGBD(task=meta["task"], image_size=SIZE)
     try:
-        obs, _ = env.reset(seed=meta["seed"])
+        obs, info = env.reset(seed=meta["seed"])
         assert obs["instruction"] == meta["instruction"]
         for t in range(length):
             s = ds[t]  # episode 0 occupies the first samples
             assert ds.locate(t) == (ep_idx, t)
             np.testing.assert_array_equal(s["rgb"].numpy(), obs["rgb"])
+            # training-time targets: object and goal positions of the state this frame shows
+            raw = info["raw_obs"].astype(np.float32)
+            np.testing.assert_array_equal(s["privileged"].numpy(),
+                                          np.concatenate([raw[4:7], raw[11:14], raw[36:39]]))
             np.testing.assert_allclose(s["depth"].numpy(), obs["depth"], atol=5e-4)  # stored in millimetres
             np.testing.assert_array_equal(s["state"].numpy(), obs["state"])
             np.testing.assert_allclose(s["intrinsics"].numpy(), obs["intrinsics"])

@@ -40,6 +40,18 @@ def test_expert_succeeds_through_cli_and_json_schema(tmp_path):
                                                                         "reach-v3_seed1000000.gif"]
 
 
+def test_training_seeds_are_the_collection_seeds_of_the_training_split():
+    # collection seeds 0, 1, 2, ...; seed % 10 == 9 is validation (sim.schema.is_val_seed), so not a training layout
+    assert EvalConfig(tasks=("reach-v3",), episodes=10, seeds="train").episode_seeds() == [0, 1, 2, 3, 4, 5, 6, 7,
+                                                                                            8, 10]
+    assert EvalConfig(tasks=("reach-v3",), episodes=2).episode_seeds() == [1_000_000, 1_000_001]
+    with pytest.raises(ValueError, match="seeds='val'"):
+        EvalConfig(tasks=("reach-v3",), episodes=2, seeds="val")
+    r = evaluate(load_policy("expert"), EvalConfig(tasks=("reach-v3",), episodes=2, workers=1, image_size=16,
+                                                   seeds="train", instructions="train"))
+    assert r["tasks"]["reach-v3"]["seeds"] == [0, 1] and r["tasks"]["reach-v3"]["success_rate"] == 1.0
+
+
 def test_random_policy_fails_with_chunks_and_ensembling():
     cfg = EvalConfig(tasks=("push-v3",), episodes=2, workers=1, image_size=16, max_steps=40, ensemble=True)
     r = evaluate(load_policy("random"), cfg)

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=500, help="episode step limit (default 500)")
     p.add_argument("--instructions", choices=("heldout", "train"), default="heldout",
                    help="paraphrase set (default heldout: wording never used for collection)")
+    p.add_argument("--seeds", choices=("heldout", "train"), default="heldout",
+                   help="layouts: heldout (never collected, the default) or train (the training-split collection "
+                        "seeds 0, 1, ..., i.e. how well the policy fits what it was trained on)")
     p.add_argument("--output", help="results JSON path")
     p.add_argument("--video-dir", help="write a GIF of the first episode per task here")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policy")
@@ -56,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
                          ensemble=ex["ensemble"] if args.ensemble is None else args.ensemble,
                          ensemble_coef=args.ensemble_coef,
                          cameras=tuple(c for c in args.cameras.split(",") if c), image_size=args.image_size,
-                         max_steps=args.max_steps, instructions=args.instructions, video_dir=args.video_dir)
+                         max_steps=args.max_steps, instructions=args.instructions, seeds=args.seeds,
+                         video_dir=args.video_dir)
     except ValueError as e:
         if hasattr(policy, "close"):
             policy.close()
         raise UserError(str(e)) from e
-    print(f"== {len(cfg.tasks)} tasks x {cfg.episodes} held-out seeds, horizon {cfg.horizon}"
+    print(f"== {len(cfg.tasks)} tasks x {cfg.episodes} {'held-out' if cfg.seeds == 'heldout' else 'training'} "
+          f"seeds, horizon {cfg.horizon}"
           f"{', temporal ensembling' if cfg.ensemble else ''}, max {cfg.max_steps} steps", flush=True)
     try:
         results = evaluate(policy, cfg, progress=True)

@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--privileged-weight", type=float, default=None,
+                   help="weight of the privileged-target loss for configs with privileged_dim > 0 (default 1)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)

@@ -54,6 +54,10 @@ class PolicyConfig:
     ego3d_centre: tuple[float, float, float] = (0.0, 0.0, 2.0)
     ego3d_scale: float = 2.0
     control_hz: float | None = None
+    # Training only: the action queries also regress this many privileged values per sample (object and goal
+    # positions in simulation, `privileged` in the dataset) -- an auxiliary loss that teaches the vision path to
+    # locate what the actions depend on. Never an input; 0 = off.
+    privileged_dim: int = 0
     # How the model was evaluated, so that `vla eval`, `vla demo` and the client run it the same way by default:
     # actions executed from each chunk before re-planning (None: not set, runners use 1), temporal ensembling.
     exec_horizon: int | None = None
@@ -87,7 +91,7 @@ class PolicyConfig:
                    self.image_size, "null or [H, W] positive ints")
         for name in ("state_dim", "action_dim", "chunk_len", "width", "heads", "ego3d_reso"):
             _check(_pos_int(getattr(self, name)), name, getattr(self, name), "a positive int")
-        for name in ("ffn_mult", "ponet_window", "n_ctx"):
+        for name in ("ffn_mult", "ponet_window", "n_ctx", "privileged_dim"):
             _check(_int(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name),
                    "an int >= 0")
         _check(self.n_ctx >= 1, "n_ctx", self.n_ctx, "an int >= 1 (the learned prompt context)")

@@ -3,7 +3,8 @@
 Any map-style dataset whose samples have these keys plugs in (`sim.dataset.EpisodeDataset` does):
     rgb (V, H, W, 3) uint8, state (S,) float32, instruction str, actions (T, A) float32 (the chunk from this
     step), action_mask (T,) bool (False on padding past the episode end); optional depth (V, H, W) float32
-    metres and intrinsics (V, 3, 3) float32 for the depth image.
+    metres and intrinsics (V, 3, 3) float32 for the depth image; optional privileged (P,) float32, training-time
+    regression targets (object and goal positions in simulation) for a policy with `privileged_dim` P.
 `dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics without decoding images
 when the dataset can give them directly (`all_actions()` / `all_states()`, or an EpisodeDataset's source).
 """
@@ -38,6 +39,11 @@ def dataset_states(ds: PolicyDataset) -> np.ndarray:
     return _columns(ds, "all_states", "state")
 
 
+def dataset_privileged(ds: PolicyDataset) -> np.ndarray:
+    """Every step's privileged targets, (N, P) float64, for their normalisation statistics."""
+    return _columns(ds, "all_privileged", "privileged")
+
+
 def _columns(ds, method: str, key: str) -> np.ndarray:
     if hasattr(ds, method):
         return np.asarray(getattr(ds, method)(), dtype=np.float64)
@@ -65,6 +71,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if all("depth" in s and "intrinsics" in s for s in samples):
         out["depth"] = torch.stack([t(s["depth"]) for s in samples]).float()
         out["intrinsics"] = torch.stack([t(s["intrinsics"]) for s in samples]).float()
+    if all("privileged" in s for s in samples):
+        out["privileged"] = torch.stack([t(s["privileged"]) for s in samples]).float()
     return out
 
 

@@ -99,6 +99,8 @@ class VLAPolicy(nn.Module):
             for kind in config.layers
         )
         self.heads = nn.ModuleList(nn.Linear(W, v) for v in action_grid.vocab_sizes)
+        # Training-time auxiliary readout (config.privileged_dim): unused by predict().
+        self.privileged_head = nn.Linear(W, config.privileged_dim) if config.privileged_dim else None
         for p in (self.camera_embed, self.type_embed, self.queries):
             nn.init.normal_(p, std=0.02)
         mean = torch.tensor(clip.model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))
@@ -209,9 +211,10 @@ class VLAPolicy(nn.Module):
     # --- forward -----------------------------------------------------------------------------------------
     def forward(self, rgb: torch.Tensor, state: torch.Tensor, instructions: list[str],
                 depth: torch.Tensor | None = None, intrinsics: torch.Tensor | None = None,
-                has_depth: torch.Tensor | None = None) -> list[torch.Tensor]:
+                has_depth: torch.Tensor | None = None, privileged: bool = False):
         """rgb uint8 (B, V, H, W, 3), state (B, S) normalised, depth (B, V, H', W') metres, intrinsics
-        (B, V, 3, 3) for the depth size -> per group logits (B, T, vocab_g)."""
+        (B, V, 3, 3) for the depth size -> per group logits (B, T, vocab_g); with privileged=True also the
+        privileged-target regression (B, privileged_dim) read from the mean of the query tokens."""
         cfg = self.config
         B, V = rgb.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.vision_trainable):
@@ -238,8 +241,14 @@ class VLAPolicy(nn.Module):
         seg = seg[None].expand(B, -1)  # (B, N)
         for layer in self.layers:
             x = layer(x, mask=mask, segment_ids=seg) if isinstance(layer, PoNetLayer) else layer(x, mask=mask)
-        h = x[:, V * P + 1 : V * P + 1 + Q].reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
-        return [head(h[:, :, g]) for g, head in enumerate(self.heads)]
+        hq = x[:, V * P + 1 : V * P + 1 + Q]  # (B, T*G, W)
+        h = hq.reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
+        logits = [head(h[:, :, g]) for g, head in enumerate(self.heads)]
+        if not privileged:
+            return logits
+        if self.privileged_head is None:
+            raise UserError("this policy has no privileged head (config.privileged_dim is 0)")
+        return logits, self.privileged_head(hq.mean(dim=1))
 
     # --- decoding ----------------------------------------------------------------------------------------
     @staticmethod
