@@ -327,6 +327,11 @@ class Pipeline:
                            if rounds else "")
         from vla.clip_pretrain import scene_captions
 
+        privileged = (f"the action queries also regress the {cfg.privileged_dim} object and goal coordinates of "
+                      "Meta-World's state vector (`sim.schema.PRIVILEGED_TARGETS`, smooth-L1, weight 1), an "
+                      "auxiliary loss during training only: the served model sees the image, depth, proprio state "
+                      "and words" if cfg.privileged_dim else "none (behaviour cloning loss only)")
+
         timings = "\n".join(f"- {k}: {v / 60:.1f} min" for k, v in self.timings.items())
         timings += (f"\n- machine: {machine()}\n- final policy loss {summary['loss']:.3f}, token accuracy "
                     f"{summary['token_acc']:.3f}")
@@ -340,7 +345,8 @@ class Pipeline:
             coop_shots=p.coop_shots, scene_classes=", ".join(scene_classes(p.tasks).values()), timings=timings,
             eval_episodes=p.eval_episodes, eval_max_steps=p.eval_max_steps, eval_horizon=p.eval_horizon,
             eval_table=self.eval_table(), dagger_data=dagger_data, dagger_training=dagger_training,
-            eval_ensemble=", temporal ensembling" if p.eval_ensemble else "", n_scene=p.scene_seeds * len(p.tasks),
+            eval_ensemble=", temporal ensembling" if p.eval_ensemble else "", privileged=privileged,
+            n_scene=p.scene_seeds * len(p.tasks),
             acc_templates=acc["templates"],
             acc_coop=acc["coop"], n_captions=sum(len(scene_captions(t)) for t in p.tasks))
 

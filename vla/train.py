@@ -43,6 +43,7 @@ from vla.policy.data import (
     dataset_actions,
     dataset_privileged,
     dataset_states,
+    dataset_task_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -219,12 +220,21 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
                             f"{'no privileged targets' if have is None else f'privileged of shape {have}'}: "
                             "collect the data with this version (episodes record raw_obs) or set privileged_dim "
                             f"to {0 if have is None else have[0]}")
-        p = dataset_privileged(dataset)
-        stats["privileged"] = {"mean": p.mean(0).tolist(), "std": np.maximum(p.std(0), 1e-3).tolist()}
+        stats["privileged"] = privileged_stats(dataset_privileged(dataset), dataset_task_ids(dataset))
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}
     return VLAPolicy.from_config(config, grid, seed=tc.seed, stats=stats, device=device)
+
+
+def privileged_stats(values: np.ndarray, task_ids: np.ndarray) -> dict[str, Any]:
+    """Per-task means and the pooled within-task std of the privileged targets. Standardising with the global
+    std would let a per-task constant (what the instruction already says) explain most of the variance and leave
+    the within-task position -- what the camera must resolve -- a tiny share of the loss."""
+    means = {int(t): values[task_ids == t].mean(0) for t in np.unique(task_ids)}
+    resid = values - np.stack([means[int(t)] for t in task_ids])
+    return {"task_mean": {str(t): m.tolist() for t, m in means.items()},
+            "std": np.maximum(np.sqrt((resid ** 2).mean(0)), 1e-3).tolist()}
 
 
 # --- one step -------------------------------------------------------------------------------------------
@@ -232,7 +242,7 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
                  privileged_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients), plus,
     for a policy with privileged_dim, privileged_weight x the smooth-L1 error of its privileged readout on the
-    standardised targets (mean over the rows: DDP's gradient average makes it the global batch's mean)."""
+    targets standardised per task (`privileged_stats`) (mean over the rows: DDP's gradient average makes it the global batch's mean)."""
     inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
               "instructions": batch["instruction"], "depth": batch.get("depth"),
               "intrinsics": batch.get("intrinsics")}
@@ -243,7 +253,13 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
                             "batch has none: every episode folder must record raw_obs (collect with this version)")
         logits, pred = model(**inputs, privileged=True)
         s = policy.stats["privileged"]
-        mean = torch.tensor(s["mean"], dtype=torch.float32, device=pred.device)
+        ids = batch.get("task_id")
+        ids = ids.tolist() if ids is not None else [0] * pred.shape[0]
+        unknown = sorted({t for t in ids if str(t) not in s["task_mean"]})
+        if unknown:
+            raise UserError(f"task id(s) {unknown} have no privileged statistics (the policy's are for "
+                            f"{sorted(int(t) for t in s['task_mean'])}): train from scratch on data with them")
+        mean = torch.tensor([s["task_mean"][str(t)] for t in ids], dtype=torch.float32, device=pred.device)
         std = torch.tensor(s["std"], dtype=torch.float32, device=pred.device)
         aux = F.smooth_l1_loss(pred.float(), (batch["privileged"].float() - mean) / std)
     else:

@@ -183,8 +183,9 @@ def test_cli_trains_on_a_collected_episode_folder(tmp_path):
 
 
 class _WithPrivileged:
-    """SyntheticDataset samples plus 9 privileged targets that are a function of the image (mean colour of
-    three horizontal bands), so a policy can learn to regress them from pixels."""
+    """SyntheticDataset samples of two tasks (even / odd rows) plus 9 privileged targets that are a function of the
+    image (mean colour of three horizontal bands) and a per-task offset, so a policy can regress them from pixels
+    and the instruction."""
 
     def __init__(self, base: SyntheticDataset):
         self.base, self.cameras = base, base.cameras
@@ -195,7 +196,8 @@ class _WithPrivileged:
     def __getitem__(self, i):
         s = dict(self.base[i])
         bands = s["rgb"][0, :30].float().reshape(3, 10, -1, 3).mean(dim=(1, 2)) / 255.0  # (3 bands, 3 colours)
-        s["privileged"] = bands.flatten()
+        s["task_id"] = i % 2
+        s["privileged"] = bands.flatten() + 3.0 * (i % 2)
         return s
 
 
@@ -209,13 +211,18 @@ def test_privileged_targets_loss_matches_hand_computation_and_is_learned(tmp_pat
 
     ds = _WithPrivileged(SyntheticDataset(16, seed=0))
     targets = np.stack([ds[i]["privileged"].numpy() for i in range(len(ds))]).astype(np.float64)
+    task = np.arange(len(ds)) % 2
     tc = TrainConfig(steps=100, batch_size=16, lr=3e-3, warmup_steps=10, save_every=1000, log_every=10,
                      progress=False, augment=False, privileged_weight=0.5)
     train(PolicyConfig.tiny(privileged_dim=9), ds, tmp_path, tc, resume=False)
     policy = VLAPolicy.load(tmp_path / "policy")
-    s = policy.stats["privileged"]
-    np.testing.assert_allclose(s["mean"], targets.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(s["std"], np.maximum(targets.std(0), 1e-3), rtol=1e-5)
+    s = policy.stats["privileged"]  # per-task means, pooled within-task std (the 3.0 offset is not variance)
+    means = {t: targets[task == t].mean(0) for t in (0, 1)}
+    np.testing.assert_allclose(s["task_mean"]["0"], means[0], rtol=1e-5)
+    np.testing.assert_allclose(s["task_mean"]["1"], means[1], rtol=1e-5)
+    within = np.sqrt(((targets - np.stack([means[t] for t in task])) ** 2).mean(0))
+    np.testing.assert_allclose(s["std"], np.maximum(within, 1e-3), rtol=1e-4)
+    assert max(s["std"]) < 0.1 < targets.std(0).min()
     recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["privileged_loss"] < recs[0]["privileged_loss"] / 3, (recs[0], recs[-1])
 
@@ -226,7 +233,7 @@ def test_privileged_targets_loss_matches_hand_computation_and_is_learned(tmp_pat
         total, rec = compute_loss(policy, policy, b, world=1, privileged_weight=0.5)
         _, pred = policy(b["rgb"], policy.normalize_state(b["state"]), b["instruction"], b["depth"],
                          b["intrinsics"], privileged=True)
-    z = (b["privileged"].numpy() - np.array(s["mean"])) / np.array(s["std"])
+    z = (b["privileged"].numpy() - np.stack([means[t] for t in task])) / np.array(s["std"])
     hand = _smooth_l1(pred.numpy().astype(np.float64) - z)
     assert rec["privileged_loss"] == pytest.approx(hand, rel=1e-4)
     assert float(total) == pytest.approx(rec["loss"] + 0.5 * hand, rel=1e-4)

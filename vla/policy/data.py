@@ -44,6 +44,16 @@ def dataset_privileged(ds: PolicyDataset) -> np.ndarray:
     return _columns(ds, "all_privileged", "privileged")
 
 
+def dataset_task_ids(ds: PolicyDataset) -> np.ndarray:
+    """Every step's task id, (N,) int64, in the order of `dataset_privileged` (0 where samples carry none)."""
+    source = getattr(ds, "source", None)
+    if source is not None and hasattr(source, "arrays") and hasattr(ds, "episode_indices"):
+        eps = source.episodes()
+        return np.concatenate([np.full(len(source.arrays(i)["actions"]), int(eps[i]["task_id"]), np.int64)
+                               for i in ds.episode_indices])
+    return np.array([int(ds[i].get("task_id", 0)) for i in range(len(ds))], np.int64)
+
+
 def _columns(ds, method: str, key: str) -> np.ndarray:
     if hasattr(ds, method):
         return np.asarray(getattr(ds, method)(), dtype=np.float64)
@@ -73,6 +83,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         out["intrinsics"] = torch.stack([t(s["intrinsics"]) for s in samples]).float()
     if all("privileged" in s for s in samples):
         out["privileged"] = torch.stack([t(s["privileged"]) for s in samples]).float()
+        out["task_id"] = torch.tensor([int(s.get("task_id", 0)) for s in samples])
     return out
 
 
