@@ -242,7 +242,8 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
                  privileged_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients), plus,
     for a policy with privileged_dim, privileged_weight x the smooth-L1 error of its privileged readout on the
-    targets standardised per task (`privileged_stats`) (mean over the rows: DDP's gradient average makes it the global batch's mean)."""
+    targets standardised per task (`privileged_stats`), a mean over the rows (DDP's gradient average makes it
+    the global batch's mean)."""
     inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
               "instructions": batch["instruction"], "depth": batch.get("depth"),
               "intrinsics": batch.get("intrinsics")}
