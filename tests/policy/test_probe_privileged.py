@@ -4,6 +4,7 @@ baseline, and a policy without the readout is refused by name."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,16 @@ def test_zero_readout_scores_the_per_task_mean_baseline(tmp_path):
         policy.privileged_head.bias.zero_()
     policy.save(tmp_path / "p")
     rows = probe(str(tmp_path / "p"), ("reach-v3",), episodes=2, image_size=32)
+    # independent reference: the goal positions of the two held-out layouts, read from the environment here
+    from sim.env import MetaWorldRGBD
+
+    env = MetaWorldRGBD(task="reach-v3", image_size=16)
+    try:
+        goals = np.array([env.reset(seed=schema.EVAL_SEED_BASE + k)[1]["raw_obs"][36:39] for k in range(2)])
+    finally:
+        env.close()
+    want = np.sqrt(((goals - np.array([0.0, 0.85, 0.15])) ** 2).sum(1).mean()) * 100
+    assert rows[0]["heldout"]["goal_cm"] == pytest.approx(want, rel=1e-4)
     for split in ("train", "heldout"):
         r = rows[0][split]
         assert r["goal_cm"] == pytest.approx(r["goal_mean_cm"]) and r["object_cm"] == pytest.approx(r["object_mean_cm"])

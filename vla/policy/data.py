@@ -48,8 +48,8 @@ def dataset_task_ids(ds: PolicyDataset) -> np.ndarray:
     """Every step's task id, (N,) int64, in the order of `dataset_privileged` (0 where samples carry none)."""
     source = getattr(ds, "source", None)
     if source is not None and hasattr(source, "arrays") and hasattr(ds, "episode_indices"):
-        eps = source.episodes()
-        return np.concatenate([np.full(len(source.arrays(i)["actions"]), int(eps[i]["task_id"]), np.int64)
+        eps = source.episodes()  # metadata only: no episode file is opened again
+        return np.concatenate([np.full(int(eps[i]["length"]), int(eps[i]["task_id"]), np.int64)
                                for i in ds.episode_indices])
     return np.array([int(ds[i].get("task_id", 0)) for i in range(len(ds))], np.int64)
 
@@ -71,7 +71,8 @@ def _columns(ds, method: str, key: str) -> np.ndarray:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into a batch; depth/intrinsics only when every sample has them."""
+    """Stack samples into a batch; depth/intrinsics only when every sample has them, privileged targets (and
+    the task ids they are standardised by) likewise."""
     missing = [k for k in REQUIRED_KEYS if k not in samples[0]]
     if missing:
         raise UserError(f"dataset samples lack keys {missing} (see vla.policy.data.PolicyDataset)")
