@@ -5,7 +5,8 @@ against the true object and goal positions, on the first frame of training layou
 
 Per task: RMS 3-D error in cm of the object position and of the goal position, and beside each the error of the
 policy's per-task mean (`stats.json`), i.e. of a readout that ignores the image. A readout near that baseline
-has learned the task, not the layout; one far below it localises.
+has learned the task, not the layout; one far below it localises. For a keypoint policy the readout is the affine
+map of each supervised keypoint's 3-D point (vla.policy.keypoints), so this measures the keypoints themselves.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def probe(policy_path: str, tasks: tuple[str, ...], episodes: int, image_size: i
                     with torch.inference_mode():
                         _, pred = pol(**pol.prepare(batch), privileged=True)
                     true = info["raw_obs"][schema.PRIVILEGED_INDEX]
-                    err.append(pred[0].numpy() * std + mean - true)
+                    pos = pred[0].numpy() if pol.privileged_in_units else pred[0].numpy() * std + mean
+                    err.append(pos - true)
                     base.append(mean - true)
                 err, base = np.array(err), np.array(base)
                 row[split] = {"object_cm": rms(err[:, obj]), "goal_cm": rms(err[:, goal]),

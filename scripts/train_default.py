@@ -81,8 +81,11 @@ class DaggerRound:
 
 
 PRESETS = {
-    # The committed default model (behaviour cloning on the expert demonstrations).
-    "default": Preset(tasks=MT10, episodes=20),
+    # The committed default model: behaviour cloning on the expert demonstrations with the keypoint vision path
+    # (no CLIP patch tokens), its first three keypoints tied to the object/goal positions (docs/policy_experiments.md,
+    # E6 against B: the same data and recipe otherwise).
+    "default": Preset(tasks=MT10, episodes=20, policy_steps=4500, eval_max_steps=500,
+                      policy={"privileged_dim": 9, "keypoints": 32, "vision_tokens": False, "ego3d": False}),
     # default + two DAgger rounds (beta 0.3 then 0.1): 0.23 on held-out seeds against the default's 0.24, no gain
     # (docs/policy_experiments.md, 2026-12-01); kept to build on once the vision path resolves the goals.
     "dagger": Preset(tasks=MT10, episodes=20, eval_max_steps=500,
@@ -327,10 +330,23 @@ class Pipeline:
                            if rounds else "")
         from vla.clip_pretrain import scene_captions
 
-        privileged = (f"the action queries also regress the {cfg.privileged_dim} object and goal coordinates of "
-                      "Meta-World's state vector (`sim.schema.PRIVILEGED_TARGETS`, smooth-L1, weight 1), an "
-                      "auxiliary loss during training only: the served model sees the image, depth, proprio state "
-                      "and words" if cfg.privileged_dim else "none (behaviour cloning loss only)")
+        if cfg.privileged_dim and cfg.keypoints:
+            privileged = (f"the first {cfg.privileged_dim // 3} of the {cfg.keypoints} keypoints are tied to the "
+                          "object, second-object and goal positions of Meta-World's state vector "
+                          "(`sim.schema.PRIVILEGED_TARGETS`): heatmap cross-entropy at each position's projection "
+                          "into the corner camera plus the error of an affine readout (`vla.policy.keypoints`), "
+                          "training only: the served model sees the image, depth, proprio state and words")
+        elif cfg.privileged_dim:
+            privileged = (f"the action queries also regress the {cfg.privileged_dim} object and goal coordinates of "
+                          "Meta-World's state vector (`sim.schema.PRIVILEGED_TARGETS`, smooth-L1, weight 1), an "
+                          "auxiliary loss during training only: the served model sees the image, depth, proprio "
+                          "state and words")
+        else:
+            privileged = "none (behaviour cloning loss only)"
+        vision = (f"{cfg.keypoints} spatial-softmax keypoints per camera from a conv stem at the camera's resolution, "
+                  "lifted to 3-D with depth and intrinsics" + ("" if not cfg.vision_tokens else
+                  ", beside the CLIP patch tokens") if cfg.keypoints else
+                  "the CLIP image tower's patch tokens" + (" with Ego3D" if cfg.ego3d else ""))
 
         timings = "\n".join(f"- {k}: {v / 60:.1f} min" for k, v in self.timings.items())
         timings += (f"\n- machine: {machine()}\n- final policy loss {summary['loss']:.3f}, token accuracy "
@@ -345,7 +361,7 @@ class Pipeline:
             coop_shots=p.coop_shots, scene_classes=", ".join(scene_classes(p.tasks).values()), timings=timings,
             eval_episodes=p.eval_episodes, eval_max_steps=p.eval_max_steps, eval_horizon=p.eval_horizon,
             eval_table=self.eval_table(), dagger_data=dagger_data, dagger_training=dagger_training,
-            eval_ensemble=", temporal ensembling" if p.eval_ensemble else "", privileged=privileged,
+            eval_ensemble=", temporal ensembling" if p.eval_ensemble else "", privileged=privileged, vision=vision,
             n_scene=p.scene_seeds * len(p.tasks),
             acc_templates=acc["templates"],
             acc_coop=acc["coop"], n_captions=sum(len(scene_captions(t)) for t in p.tasks))

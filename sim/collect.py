@@ -197,8 +197,9 @@ def run_episode(job: tuple[str, int, dict[str, Any], str, dict[str, Any]]) -> di
     intrinsics = obs["intrinsics"]
     meta = {"task": task, "task_id": schema.all_tasks().index(task), "seed": seed,
             "instruction": obs["instruction"], "success": success, "cameras": list(kwargs["cameras"]),
-            "image_size": kwargs["image_size"], "intrinsics": intrinsics.tolist(), "source": how["source"],
-            "round": how["round"]}
+            "image_size": kwargs["image_size"], "intrinsics": intrinsics.tolist(),
+            # world-from-camera (OpenCV axes) at the last step: Meta-World's cameras are fixed
+            "camera_poses": env.camera_poses().round(6).tolist(), "source": how["source"], "round": how["round"]}
     arrays = {"actions": np.stack(labels).astype(np.float32), "state": np.stack(states),
               "raw_obs": np.stack(raws).astype(np.float32),
               "rewards": np.asarray(rewards, np.float32), "success": np.asarray(successes, bool),

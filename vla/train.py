@@ -41,10 +41,12 @@ from vla.policy.data import (
     augment,
     collate,
     dataset_actions,
+    dataset_camera_poses,
     dataset_privileged,
     dataset_states,
     dataset_task_ids,
 )
+from vla.policy.keypoints import keypoint_loss
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,12 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
                             "collect the data with this version (episodes record raw_obs) or set privileged_dim "
                             f"to {0 if have is None else have[0]}")
         stats["privileged"] = privileged_stats(dataset_privileged(dataset), dataset_task_ids(dataset))
+    poses = dataset_camera_poses(dataset)
+    if poses is not None:  # the keypoint loss projects with them; the readout starts from them
+        stats["camera_poses"] = {cam: poses[v].tolist() for v, cam in enumerate(config.cameras)}
+    elif config.keypoints and config.privileged_dim:
+        log.warning("the dataset records no camera poses: the keypoints learn from the position readout alone, "
+                    "without the heatmap loss (slow; docs/policy_experiments.md rows L3-L5)")
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}
@@ -243,16 +251,18 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
     """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients), plus,
     for a policy with privileged_dim, privileged_weight x the smooth-L1 error of its privileged readout on the
     targets standardised per task (`privileged_stats`), a mean over the rows (DDP's gradient average makes it
-    the global batch's mean)."""
+    the global batch's mean). Keypoint policies trained on data with camera poses use `keypoint_loss` instead
+    (heatmap cross-entropy at each target's projection + the readout's error)."""
     inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
               "instructions": batch["instruction"], "depth": batch.get("depth"),
               "intrinsics": batch.get("intrinsics")}
-    aux = None
+    aux, kp_rec = None, {}
     if policy.config.privileged_dim:
         if batch.get("privileged") is None:
             raise UserError(f"the policy regresses privileged_dim={policy.config.privileged_dim} targets but this "
                             "batch has none: every episode folder must record raw_obs (collect with this version)")
-        logits, pred = model(**inputs, privileged=True)
+        use_maps = policy.privileged_in_units and "camera_poses" in policy.stats and batch.get("depth") is not None
+        logits, pred, *maps = model(**inputs, privileged=True, heatmaps=use_maps)
         s = policy.stats["privileged"]
         ids = batch.get("task_id")
         ids = ids.tolist() if ids is not None else [0] * pred.shape[0]
@@ -262,7 +272,16 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
                             f"{sorted(int(t) for t in s['task_mean'])}): train from scratch on data with them")
         mean = torch.tensor([s["task_mean"][str(t)] for t in ids], dtype=torch.float32, device=pred.device)
         std = torch.tensor(s["std"], dtype=torch.float32, device=pred.device)
-        aux = F.smooth_l1_loss(pred.float(), (batch["privileged"].float() - mean) / std)
+        target = batch["privileged"].float()
+        if maps:  # keypoint policies with a known camera pose: supervise each keypoint's map and its position
+            n, cam = policy.config.privileged_dim // 3, policy.config.cameras[0]
+            aux, kp_rec = keypoint_loss(pred, maps[0][:, 0, :n], target.reshape(-1, n, 3),
+                                        torch.tensor(policy.stats["camera_poses"][cam]), batch["intrinsics"][:, 0],
+                                        tuple(batch["depth"].shape[-2:]))
+        else:
+            if policy.privileged_in_units:
+                pred = (pred.float() - mean) / std
+            aux = F.smooth_l1_loss(pred.float(), (target - mean) / std)
     else:
         logits = model(**inputs)
     tokens, mask = batch["tokens"], batch["action_mask"]  # (B, T, G), (B, T)
@@ -281,6 +300,7 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
     if aux is not None:
         loss = loss + privileged_weight * aux
         rec["privileged_loss"] = float(aux.detach())  # this rank's rows
+        rec.update(kp_rec)
     return loss, rec
 
 
@@ -397,8 +417,10 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [r["loss"] for r in recs], label="loss (CE / token)")
     if any("privileged_loss" in r for r in recs):
+        keypoints = any("heatmap_ce" in r for r in recs)
         ax.plot(steps, [r.get("privileged_loss", float("nan")) for r in recs], color="tab:green",
-                label="privileged targets (smooth L1)")
+                label="keypoint loss (heatmap CE + readout)" if keypoints else "privileged targets (smooth L1)")
+        ax.set_yscale("log")  # the auxiliary loss starts 10-100x above the action loss
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()

@@ -289,3 +289,14 @@ def test_request_expired_before_it_is_read_is_quiet_and_counted(server_factory, 
     assert metrics.clients["late"]["deadline_missed"] == 2
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert policy.calls == []
+
+
+@pytest.mark.parametrize("remaining, code", [(-0.01, "DEADLINE_EXCEEDED"), (0.1, "DEADLINE_EXCEEDED"),
+                                             (0.3, "CANCELLED"), (5.0, "CANCELLED"), (None, "CANCELLED")])
+def test_a_cancel_at_the_deadline_counts_as_a_deadline_miss(remaining, code):
+    """The client's deadline fires before the server's copy (which includes the transit): a cancel that close to
+    the deadline is the deadline, not a client that gave up."""
+    from vla.serving.rpc import DEADLINE_SLACK_S, cancelled_code
+
+    assert DEADLINE_SLACK_S == 0.25
+    assert cancelled_code(_GoneContext(remaining)) == code

@@ -56,6 +56,11 @@ def test_dataset_samples_replay_in_the_simulator(dataset_root):
             np.testing.assert_allclose(s["intrinsics"].numpy(), obs["intrinsics"])
             obs, _, terminated, truncated, info = env.step(s["action"].numpy())
         assert terminated and info["success"]  # the stored actions solve the task again
+        # the camera poses recorded with the episodes are the environment's (the keypoint loss projects with them)
+        from vla.policy.data import dataset_camera_poses
+
+        np.testing.assert_allclose(dataset_camera_poses(ds), env.camera_poses(), atol=1e-6)
+        np.testing.assert_allclose(meta["camera_poses"], env.camera_poses(), atol=1e-6)
     finally:
         env.close()
     last = ds[length - 1]

@@ -56,8 +56,18 @@ class PolicyConfig:
     control_hz: float | None = None
     # Training only: the action queries also regress this many privileged values per sample (object and goal
     # positions in simulation, `privileged` in the dataset) -- an auxiliary loss that teaches the vision path to
-    # locate what the actions depend on. Never an input; 0 = off.
+    # locate what the actions depend on. The true values are never an input; 0 = off.
     privileged_dim: int = 0
+    # Spatial-softmax keypoints per camera (vla.policy.keypoints): a convolutional path that locates small
+    # things at the camera's resolution; each keypoint is one head token. 0 = off.
+    keypoints: int = 0
+    keypoint_channels: int = 32
+    # Feed the keypoint readout's position estimates (privileged_dim values, from pixels) to the head with the
+    # proprio state, so that "goal - hand" is linear in one token (keypoints with privileged_dim only).
+    keypoint_positions: bool = False
+    # Whether the CLIP tower's patch tokens enter the head. False (only with keypoints) skips the image tower
+    # at inference; Ego3D, which encodes patches, then has nothing to do and must be off.
+    vision_tokens: bool = True
     # How the model was evaluated, so that `vla eval`, `vla demo` and the client run it the same way by default:
     # actions executed from each chunk before re-planning (None: not set, runners use 1), temporal ensembling.
     exec_horizon: int | None = None
@@ -91,7 +101,7 @@ class PolicyConfig:
                    self.image_size, "null or [H, W] positive ints")
         for name in ("state_dim", "action_dim", "chunk_len", "width", "heads", "ego3d_reso"):
             _check(_pos_int(getattr(self, name)), name, getattr(self, name), "a positive int")
-        for name in ("ffn_mult", "ponet_window", "n_ctx", "privileged_dim"):
+        for name in ("ffn_mult", "ponet_window", "n_ctx", "privileged_dim", "keypoints"):
             _check(_int(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name),
                    "an int >= 0")
         _check(self.n_ctx >= 1, "n_ctx", self.n_ctx, "an int >= 1 (the learned prompt context)")
@@ -100,8 +110,20 @@ class PolicyConfig:
                f"a non-empty list of {LAYER_KINDS}")
         _check(self.exec_horizon is None or (_pos_int(self.exec_horizon) and self.exec_horizon <= self.chunk_len),
                "exec_horizon", self.exec_horizon, f"null or an int in [1, chunk_len={self.chunk_len}]")
-        for name in ("text_finetune", "vision_trainable", "ego3d", "exec_ensemble"):
+        for name in ("text_finetune", "vision_trainable", "ego3d", "exec_ensemble", "vision_tokens",
+                     "keypoint_positions"):
             _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
+        _check(_pos_int(self.keypoint_channels) and self.keypoint_channels % 2 == 0, "keypoint_channels",
+               self.keypoint_channels, "an even int > 0")
+        _check(self.vision_tokens or self.keypoints > 0, "vision_tokens", self.vision_tokens,
+               "true unless keypoints > 0 (the head needs some view of the image)")
+        _check(not (self.keypoints and self.privileged_dim) or (self.privileged_dim % 3 == 0
+               and self.privileged_dim // 3 <= self.keypoints), "privileged_dim", self.privileged_dim,
+               f"a multiple of 3 of at most 3 x keypoints={self.keypoints} (each position is read from one keypoint)")
+        _check(not self.keypoint_positions or (self.keypoints and self.privileged_dim), "keypoint_positions",
+               self.keypoint_positions, "false unless keypoints > 0 and privileged_dim > 0 (they are the readout's)")
+        _check(self.vision_tokens or not self.ego3d, "ego3d", self.ego3d,
+               "false when vision_tokens is false (Ego3D encodes the CLIP patch tokens)")
         _check(_is_seq(self.ego3d_centre) and len(self.ego3d_centre) == 3
                and all(math.isfinite(c) for c in self.ego3d_centre), "ego3d_centre", self.ego3d_centre,
                "3 finite numbers")

@@ -54,6 +54,22 @@ def dataset_task_ids(ds: PolicyDataset) -> np.ndarray:
     return np.array([int(ds[i].get("task_id", 0)) for i in range(len(ds))], np.int64)
 
 
+def dataset_camera_poses(ds: PolicyDataset) -> np.ndarray | None:
+    """(V, 4, 4) world-from-camera poses recorded with the episodes (`vla collect` writes them; the cameras are
+    fixed), or None when the dataset does not say (older folders, other sources)."""
+    source = getattr(ds, "source", None)
+    eps = source.episodes() if source is not None and hasattr(source, "episodes") else []
+    poses = [e.get("camera_poses") for e in eps]
+    if not eps or any(p is None for p in poses):
+        return None
+    first = np.asarray(poses[0], dtype=np.float64)
+    for e, p in zip(eps, poses):
+        if not np.allclose(np.asarray(p), first, atol=1e-4):
+            raise UserError(f"episode {e.get('file', e.get('seed'))} has camera poses that differ from the first "
+                            "episode's: keypoint readouts assume fixed cameras")
+    return first
+
+
 def _columns(ds, method: str, key: str) -> np.ndarray:
     if hasattr(ds, method):
         return np.asarray(getattr(ds, method)(), dtype=np.float64)

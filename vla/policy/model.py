@@ -1,9 +1,12 @@
 """The VLA policy: CLIP towers + Ego3D + CoOp context -> PoNet/attention head -> one token per (step, group).
 
-Token sequence per sample (N = V*P + 1 + T*G + L), one PoNet segment per camera, the state, the queries and
-the text (segment max-pooling never mixes modalities):
+Token sequence per sample (N = V*P + 1 + T*G + V*K + L), one PoNet segment per camera, the state, the queries,
+the keypoints and the text (segment max-pooling never mixes modalities):
 
-    [cam_0 patches (P) | ... | cam_{V-1} patches | state | T*G action queries | instruction tokens (L, padded)]
+    [cam_0 patches (P) | ... | cam_{V-1} patches | state | T*G action queries | keypoints (V*K) | instruction (L)]
+
+Patches are there when `vision_tokens` (CLIP ViT, + Ego3D), keypoints when `keypoints` > 0 (vla.policy.keypoints:
+a conv stem that finds small things the 16 px patches cannot, the default model's vision path).
 
 Decoding is parallel: one forward pass, argmax per query token, `ActionGrid.decode` -> (B, T, action_dim).
 SpatialVLA decodes its tokens autoregressively (one pass per token); here T*G tokens cost one pass.
@@ -29,6 +32,8 @@ from vla.errors import UserError
 from vla.policy.action_grid import ActionGrid
 from vla.policy.config import PolicyConfig
 from vla.policy.ego3d import Ego3DEncoding
+from vla.policy.keypoints import FEATURES as KEYPOINT_FEATURES
+from vla.policy.keypoints import KeypointEncoder, KeypointReadout
 
 TEXT_CACHE_SIZE = 256
 
@@ -100,9 +105,21 @@ class VLAPolicy(nn.Module):
         )
         self.heads = nn.ModuleList(nn.Linear(W, v) for v in action_grid.vocab_sizes)
         # Training-time auxiliary readout (config.privileged_dim): unused by predict().
-        self.privileged_head = nn.Linear(W, config.privileged_dim) if config.privileged_dim else None
+        self.privileged_head = nn.Linear(W, config.privileged_dim) if config.privileged_dim and not config.keypoints \
+            else None
         for p in (self.camera_embed, self.type_embed, self.queries):
             nn.init.normal_(p, std=0.02)
+        self.keypoint_encoder = None
+        if config.keypoints:  # built after the other parameters so that keypoints=0 keeps their initialisation
+            self.keypoint_encoder = KeypointEncoder(config.keypoints, config.keypoint_channels)
+            self.keypoint_proj = nn.Linear(KEYPOINT_FEATURES, W)
+            self.keypoint_embed = nn.Parameter(torch.randn(V * config.keypoints, W) * 0.02)  # which keypoint
+            if config.privileged_dim:  # positions read from their own keypoints, not from the head
+                self.privileged_head = KeypointReadout(config.privileged_dim // 3)
+                poses = self.stats.get("camera_poses")
+                if poses is not None:
+                    self.privileged_head.init_from_pose(poses[config.cameras[0]])
+            self.position_proj = nn.Linear(config.privileged_dim, W) if config.keypoint_positions else None
         mean = torch.tensor(clip.model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))
         std = torch.tensor(clip.model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))
         self.register_buffer("pixel_mean", (mean * 255).view(1, 3, 1, 1), persistent=False)
@@ -142,6 +159,16 @@ class VLAPolicy(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.queries.device
+
+    @property
+    def uses_depth(self) -> bool:
+        """Depth and intrinsics feed Ego3D (patch tokens) or the keypoints' 3-D lift."""
+        return self.ego3d is not None or self.keypoint_encoder is not None
+
+    @property
+    def privileged_in_units(self) -> bool:
+        """The keypoint readout predicts positions themselves; the head's readout predicts standardised ones."""
+        return self.keypoint_encoder is not None
 
     @property
     def param_count(self) -> int:
@@ -211,44 +238,74 @@ class VLAPolicy(nn.Module):
     # --- forward -----------------------------------------------------------------------------------------
     def forward(self, rgb: torch.Tensor, state: torch.Tensor, instructions: list[str],
                 depth: torch.Tensor | None = None, intrinsics: torch.Tensor | None = None,
-                has_depth: torch.Tensor | None = None, privileged: bool = False):
+                has_depth: torch.Tensor | None = None, privileged: bool = False, heatmaps: bool = False):
         """rgb uint8 (B, V, H, W, 3), state (B, S) normalised, depth (B, V, H', W') metres, intrinsics
         (B, V, 3, 3) for the depth size -> per group logits (B, T, vocab_g); with privileged=True also the
-        privileged-target regression (B, privileged_dim) read from the mean of the query tokens."""
+        privileged-target regression (B, privileged_dim): from the keypoints when the policy has them (positions),
+        else from the mean of the query tokens (standardised values); with heatmaps=True as well the keypoints'
+        softmax maps (B, V, K, h, w) (keypoint policies only), for their training loss."""
         cfg = self.config
         B, V = rgb.shape[:2]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.vision_trainable):
-            _, patches = self.clip.encode_image(self._images(rgb))  # (BV, P, Wv)
-        P = patches.shape[1]
-        patches = patches.reshape(B, V, P, -1)  # (B, V, P, Wv)
-        if self.ego3d is not None:
-            d = depth[:, :, None] if depth is not None else None  # (B, V, 1, H', W')
-            patches = self.ego3d(patches, d, intrinsics, has_depth)
-        patches = patches + self.camera_embed[None, :, None, :].to(patches.dtype)
-        vis = self.vision_proj(patches.reshape(B, V * P, -1)) + self.type_embed[0]  # (B, V*P, W)
+        parts, seg_ids = [], []  # token blocks in order, and the PoNet segment id of each block's tokens
+
+        def add(tokens: torch.Tensor, segment: torch.Tensor) -> None:
+            parts.append(tokens)
+            seg_ids.append(segment)
+
+        if cfg.vision_tokens:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.vision_trainable):
+                _, patches = self.clip.encode_image(self._images(rgb))  # (BV, P, Wv)
+            P = patches.shape[1]
+            patches = patches.reshape(B, V, P, -1)  # (B, V, P, Wv)
+            if self.ego3d is not None:
+                d = depth[:, :, None] if depth is not None else None  # (B, V, 1, H', W')
+                patches = self.ego3d(patches, d, intrinsics, has_depth)
+            patches = patches + self.camera_embed[None, :, None, :].to(patches.dtype)
+            vis = self.vision_proj(patches.reshape(B, V * P, -1)) + self.type_embed[0]  # (B, V*P, W)
+            add(vis, torch.arange(V).repeat_interleave(P))
+        dtype = parts[0].dtype if parts else self.queries.dtype
         text, text_mask = self._text(instructions)
-        txt = self.text_proj(text.to(vis.dtype)) + self.type_embed[1]  # (B, L, W)
-        st = self.state_proj(state.to(vis.dtype))[:, None] + self.type_embed[2]  # (B, 1, W)
-        q = (self.queries + self.type_embed[3]).expand(B, -1, -1).to(vis.dtype)  # (B, T*G, W)
+        txt = self.text_proj(text.to(dtype)) + self.type_embed[1]  # (B, L, W)
+        if heatmaps and self.keypoint_encoder is None:
+            raise UserError("heatmaps=True needs a keypoint policy (config.keypoints is 0)")
+        positions = None
+        if self.keypoint_encoder is not None:
+            kp, maps = self.keypoint_encoder(rgb, depth, intrinsics, has_depth, return_heatmaps=True)  # (B, V*K, 5)
+            if isinstance(self.privileged_head, KeypointReadout):
+                # From detached keypoints: the maps learn from their own cross-entropy; a readout still far off
+                # (metres, early on) would otherwise swamp every other gradient under the clip.
+                positions = self.privileged_head(kp.detach())  # (B, privileged_dim), the targets' units
+        st = self.state_proj(state.to(dtype))
+        if cfg.keypoint_positions:
+            # hand and estimated object/goal in one token; clamped: an occluded keypoint can read metres off
+            st = st + self.position_proj(positions.clamp(-2.0, 2.0).to(dtype))
+        add(st[:, None] + self.type_embed[2], torch.tensor([V]))  # (B, 1, W)
+        q_start = sum(p.shape[1] for p in parts)
+        q = (self.queries + self.type_embed[3]).expand(B, -1, -1).to(dtype)  # (B, T*G, W)
+        add(q, torch.full((q.shape[1],), V + 1))
+        if self.keypoint_encoder is not None:
+            add(self.keypoint_proj(kp.to(dtype)) + self.keypoint_embed.to(dtype), torch.full((kp.shape[1],), V + 2))
         # Text goes last so its padding sits at the end of the row: PoNet's local window around the other
         # tokens then sees the same neighbours whatever the batch's longest instruction (rows stay independent).
-        x = torch.cat([vis, st, q, txt], dim=1)  # (B, N, W)
-        L, Q = txt.shape[1], q.shape[1]
-        ones = lambda n: torch.ones(B, n, dtype=torch.bool, device=x.device)  # noqa: E731
-        mask = torch.cat([ones(V * P + 1 + Q), text_mask], dim=1)  # (B, N)
-        seg = torch.cat([torch.arange(V, device=x.device).repeat_interleave(P),
-                         torch.tensor([V] + [V + 1] * Q + [V + 2] * L, device=x.device)])
-        seg = seg[None].expand(B, -1)  # (B, N)
+        add(txt, torch.full((txt.shape[1],), int(seg_ids[-1][-1]) + 1))  # segment ids must not decrease
+        x = torch.cat(parts, dim=1)  # (B, N, W)
+        Q, n_fixed = q.shape[1], x.shape[1] - txt.shape[1]
+        mask = torch.cat([torch.ones(B, n_fixed, dtype=torch.bool, device=x.device), text_mask], dim=1)  # (B, N)
+        seg = torch.cat(seg_ids).to(x.device)[None].expand(B, -1)  # (B, N)
         for layer in self.layers:
             x = layer(x, mask=mask, segment_ids=seg) if isinstance(layer, PoNetLayer) else layer(x, mask=mask)
-        hq = x[:, V * P + 1 : V * P + 1 + Q]  # (B, T*G, W)
+        hq = x[:, q_start : q_start + Q]  # (B, T*G, W)
         h = hq.reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
         logits = [head(h[:, :, g]) for g, head in enumerate(self.heads)]
-        if not privileged:
-            return logits
-        if self.privileged_head is None:
-            raise UserError("this policy has no privileged head (config.privileged_dim is 0)")
-        return logits, self.privileged_head(hq.mean(dim=1))
+        out = [logits]
+        if privileged:
+            if self.privileged_head is None:
+                raise UserError("this policy has no privileged head (config.privileged_dim is 0)")
+            # keypoint policies: positions in the targets' units (see privileged_in_units)
+            out.append(positions if positions is not None else self.privileged_head(hq.mean(dim=1)))
+        if heatmaps:
+            out.append(maps)
+        return out[0] if len(out) == 1 else tuple(out)
 
     # --- decoding ----------------------------------------------------------------------------------------
     @staticmethod
@@ -282,9 +339,10 @@ class VLAPolicy(nn.Module):
             "param_count": self.param_count,
             "vocab_sizes": list(self.action_grid.vocab_sizes),
             "clip_model": cfg.clip_model,
-            # Depth and intrinsics feed Ego3D; without them the learned "no depth" embedding is used.
-            "uses_depth": self.ego3d is not None,
-            "uses_intrinsics": self.ego3d is not None,
+            # Depth and intrinsics feed Ego3D and the keypoints' 3-D lift; without them Ego3D uses its learned
+            # "no depth" embedding and keypoints keep only their image coordinates.
+            "uses_depth": self.uses_depth,
+            "uses_intrinsics": self.uses_depth,
             **({"intrinsics": self.stats["intrinsics"]} if "intrinsics" in self.stats else {}),
         }
 
@@ -344,7 +402,7 @@ def prepare_inputs(policy: VLAPolicy, obs: dict[str, Any]) -> dict[str, Any]:
     out = {"rgb": _tensor(rgb, "rgb", torch.uint8, dev), "instructions": instr,
            "state": policy.normalize_state(_tensor(state, "state", torch.float32, dev))}
     depth = obs.get("depth")
-    if depth is not None and policy.ego3d is not None:
+    if depth is not None and policy.uses_depth:
         if depth.ndim != 4 or tuple(depth.shape[:2]) != (B, len(cfg.cameras)):
             raise UserError(f"observation 'depth' must be (B, V, H, W) = ({B}, {len(cfg.cameras)}, H, W), got "
                             f"{tuple(depth.shape)}")
