@@ -94,7 +94,7 @@ class KeypointReadout(nn.Module):
     an affine map of keypoint j's camera-frame point (the camera's pose, learned), nothing else.
 
     Tying each supervised position to one keypoint gives its heatmap a direct signal (find *this* object),
-    where a readout mixing all keypoints learned slowly (docs/policy_experiments.md, L1 vs L2). Only the 3-D part
+    alongside the heatmap cross-entropy (`keypoint_loss`; docs/policy_experiments.md rows L1-L5). Only the 3-D part
     is read: it does not move when the image is shifted with its intrinsics (training augmentation)."""
 
     def __init__(self, n: int):
@@ -106,8 +106,8 @@ class KeypointReadout(nn.Module):
     @torch.no_grad()
     def init_from_pose(self, world_from_camera) -> None:
         """Start each map at the camera's pose (4x4, OpenCV axes): keypoint j's camera-frame point, in world
-        coordinates. From an arbitrary start the heatmaps chase a readout still learning the rotation (12 cm
-        error after 5 min in docs/policy_experiments.md)."""
+        coordinates, so the readout is right as soon as the keypoint is. (From an identity start it fitted the
+        rotation within minutes, row L2; the maps, not the readout, were the slow part.)"""
         T = torch.as_tensor(world_from_camera, dtype=self.weight.dtype)
         self.weight.copy_((T[:3, :3] * DEPTH_SCALE_M).expand(self.n, 3, 3))
         self.bias.copy_(T[:3, 3].expand(self.n, 3))
