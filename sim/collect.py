@@ -318,7 +318,8 @@ def write_manifest(root: str | os.PathLike) -> dict[str, Any]:
         "sources": {src: sum(r.get("source", "expert") == src for r in done)
                     for src in sorted({r.get("source", "expert") for r in done})},
         "episodes": [{**{k: r[k] for k in ("file", "task", "task_id", "seed", "length", "instruction")},
-                      "source": r.get("source", "expert"), "round": r.get("round", 0), "success": r["success"]}
+                      "source": r.get("source", "expert"), "round": r.get("round", 0), "success": r["success"],
+                      **({"camera_poses": r["camera_poses"]} if "camera_poses" in r else {})}
                      for r in done],
     }
     write_json(Path(root) / "manifest.json", manifest)

@@ -13,7 +13,7 @@ def heatmap_loss(maps, points, pose, K, hw):  # the cross-entropy term of keypoi
     logp = maps.flatten(2).clamp_min(1e-12).log().gather(2, cell[..., None])[..., 0]
     return -(logp * ok).sum() / ok.sum().clamp_min(1)
 torch.manual_seed(0)
-z = np.load(__import__("os").environ.get("VLA_WORK", "/root/vla-work") + "/diag/reset_train.npz")
+z = np.load(__import__("os").environ.get("VLA_WORK", "/root/vla-work") + "/diag/reset_train.npz", allow_pickle=False)
 R = torch.tensor(z["rgb"][:, 0]); D = torch.tensor(z["depth"][:, 0].astype(np.float32)); P = torch.tensor(z["priv"]).reshape(-1, 3, 3)
 K = torch.tensor(z["K"][0], dtype=torch.float32)
 pose = torch.tensor([[0.707107, -0.19245, 0.680414, -1.1], [-0.707107, -0.19245, 0.680414, -0.4], [0.0, -0.96225, -0.272166, 0.6], [0, 0, 0, 1.0]])

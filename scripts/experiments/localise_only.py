@@ -25,19 +25,19 @@ if use_eps:
     meta, _ = scan(WORK + "/expert_raw")
     for m in meta:
         r = EpisodeReader(WORK + "/expert_raw/" + m["file"])
-        with np.load(r.path) as z:
+        with np.load(r.path, allow_pickle=False) as z:
             for t in range(r.length):
                 R.append(z[f"rgb_{t:04d}"][0]); D.append(z[f"depth_{t:04d}"][0].astype(np.float16) / 1000)
         P.extend(r.raw_obs[:, schema.PRIVILEGED_INDEX]); T.extend([TASKS.index(m["task"])] * r.length)
     Kmat = r.intrinsics
 if use_reset:
-    z = np.load(WORK + "/diag/reset_train.npz")
+    z = np.load(WORK + "/diag/reset_train.npz", allow_pickle=False)
     R.extend(z["rgb"][:, 0]); D.extend(z["depth"][:, 0]); P.extend(z["priv"]); T.extend(z["task"]); Kmat = z["K"]
 R = torch.tensor(np.array(R)); D = torch.tensor(np.array(D, np.float16)); P = torch.tensor(np.array(P, np.float32)); T = torch.tensor(np.array(T))
 Kt = torch.tensor(np.asarray(Kmat, np.float32).reshape(1, 1, 3, 3))
 print("frames", len(R), flush=True)
 mean = torch.stack([P[T == i].mean(0) for i in range(10)]); std = torch.sqrt(torch.stack([P[T == i].var(0) for i in range(10)]).mean(0)).clamp_min(1e-3)
-ev = np.load(WORK + "/diag/reset_eval.npz")
+ev = np.load(WORK + "/diag/reset_eval.npz", allow_pickle=False)
 eR, eD, eP, eT = torch.tensor(ev["rgb"]), torch.tensor(ev["depth"].astype(np.float32)), torch.tensor(ev["priv"]), torch.tensor(ev["task"])
 K = 32
 enc = KeypointEncoder(K)
