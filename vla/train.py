@@ -270,15 +270,15 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
         if unknown:
             raise UserError(f"task id(s) {unknown} have no privileged statistics (the policy's are for "
                             f"{sorted(int(t) for t in s['task_mean'])}): train from scratch on data with them")
-        mean = torch.tensor([s["task_mean"][str(t)] for t in ids], dtype=torch.float32, device=pred.device)
-        std = torch.tensor(s["std"], dtype=torch.float32, device=pred.device)
         target = batch["privileged"].float()
         if maps:  # keypoint policies with a known camera pose: supervise each keypoint's map and its position
             n, cam = policy.config.privileged_dim // 3, policy.config.cameras[0]
             aux, kp_rec = keypoint_loss(pred, maps[0][:, 0, :n], target.reshape(-1, n, 3),
                                         torch.tensor(policy.stats["camera_poses"][cam]), batch["intrinsics"][:, 0],
                                         tuple(batch["depth"].shape[-2:]))
-        else:
+        else:  # standardised per task
+            mean = torch.tensor([s["task_mean"][str(t)] for t in ids], dtype=torch.float32, device=pred.device)
+            std = torch.tensor(s["std"], dtype=torch.float32, device=pred.device)
             if policy.privileged_in_units:
                 pred = (pred.float() - mean) / std
             aux = F.smooth_l1_loss(pred.float(), (target - mean) / std)
