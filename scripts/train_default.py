@@ -57,6 +57,12 @@ class Preset:
     policy_preset: str = "default"
     policy_steps: int = 3000
     policy_batch: int = 32
+    # A second stage on the frozen perception of the first (`vla train --perception-from`): these PolicyConfig
+    # overrides on top of `policy` (e.g. the MLP action head), trained on cached position estimates. {} = none.
+    head: dict = field(default_factory=dict)
+    head_steps: int = 3000
+    head_batch: int = 256
+    head_lr: float = 1e-3
     save_every: int = 250
     clip_model: str = "vla-small"
     clip_steps: int = 300
@@ -130,6 +136,8 @@ class Pipeline:
         self.stage("clip", w / "clip" / "clip.safetensors", self.clip)
         self.stage("coop", w / "coop" / "done.json", self.coop)
         self.stage("policy", w / "policy" / "policy" / "config.json", self.policy)
+        if self.p.head:
+            self.stage("head", w / "head" / "policy" / "config.json", self.head)
         for k in range(1, len(self.p.dagger) + 1):
             self.stage(f"dagger{k}-collect", self.round_dir(k) / "data" / "done.json",
                        lambda k=k: self.dagger_collect(k))
@@ -187,30 +195,50 @@ class Pipeline:
         acc = {k: json.loads((c / f"{k}.json").read_text())["metrics"]["acc1"] for k in ("templates", "coop")}
         write_json_atomic(c / "done.json", acc)
 
+    def policy_config(self, **more):
+        from vla.policy.config import PolicyConfig
+
+        p = self.p
+        overrides = dict(p.policy, clip_model=p.clip_model,
+                         clip_pretrained=str((self.work / "clip" / "clip.safetensors").resolve()), **more)
+        return getattr(PolicyConfig, p.policy_preset)(**overrides)
+
     def policy(self) -> None:
         import torch
 
         from sim.dataset import EpisodeDataset
-        from vla.policy.config import PolicyConfig
         from vla.train import TrainConfig, train
 
         p = self.p
-        overrides = dict(p.policy, clip_model=p.clip_model,
-                         clip_pretrained=str((self.work / "clip" / "clip.safetensors").resolve()))
-        config = getattr(PolicyConfig, p.policy_preset)(**overrides)
+        config = self.policy_config()
         data = EpisodeDataset(self.work / "data", split="train", chunk_len=config.chunk_len, cameras=config.cameras)
         tc = TrainConfig(steps=p.policy_steps, batch_size=p.policy_batch, save_every=p.save_every,
                          warmup_steps=min(200, p.policy_steps // 10), log_every=min(10, p.save_every),
                          workers=1 if torch.cuda.is_available() else 0, progress=self.progress)
         train(config, data, self.work / "policy", tc)
 
+    def head(self) -> None:
+        """Stage 2: a fresh action head on the first stage's keypoint perception, frozen (cached estimates)."""
+        from sim.dataset import EpisodeDataset
+        from vla.train import TrainConfig, train
+
+        p = self.p
+        config = self.policy_config(**p.head, perception_trainable=False)
+        data = EpisodeDataset(self.work / "data", split="train", chunk_len=config.chunk_len, cameras=config.cameras)
+        tc = TrainConfig(steps=p.head_steps, batch_size=p.head_batch, lr=p.head_lr, save_every=p.save_every,
+                         warmup_steps=min(100, p.head_steps // 10), log_every=min(20, p.save_every),
+                         perception_from=str(self.work / "policy" / "policy"), progress=self.progress)
+        train(config, data, self.work / "head", tc)
+
     # --- DAgger --------------------------------------------------------------------------------------------
     def round_dir(self, k: int) -> Path:
         return self.work / f"dagger{k}"
 
     def policy_after(self, k: int) -> Path:
-        """The policy after round k (k = 0: behaviour cloning on the expert demonstrations)."""
-        return (self.work / "policy" if k == 0 else self.round_dir(k) / "policy") / "policy"
+        """The policy after round k (k = 0: behaviour cloning on the expert demonstrations, and its second stage
+        when the preset has one)."""
+        first = self.work / ("head" if self.p.head else "policy")
+        return (first if k == 0 else self.round_dir(k) / "policy") / "policy"
 
     def final_policy(self) -> Path:
         return self.policy_after(len(self.p.dagger))
@@ -348,6 +376,13 @@ class Pipeline:
                   ", beside the CLIP patch tokens") if cfg.keypoints else
                   "the CLIP image tower's patch tokens" + (" with Ego3D" if cfg.ego3d else ""))
 
+        if cfg.action_head == "mlp":
+            head = (f"an MLP action head ({cfg.mlp_width} wide, 3 hidden layers) on the proprio state, the keypoint "
+                    "readout's position estimates and the mean instruction token")
+        else:
+            head = f"PoNet + attention head `{' '.join(cfg.layers)}`, width {cfg.width}"
+        head_training = (f", then the action head alone for {p.head_steps} steps of batch {p.head_batch} on the "
+                         "first stage's frozen keypoint perception (cached position estimates)" if p.head else "")
         timings = "\n".join(f"- {k}: {v / 60:.1f} min" for k, v in self.timings.items())
         timings += (f"\n- machine: {machine()}\n- final policy loss {summary['loss']:.3f}, token accuracy "
                     f"{summary['token_acc']:.3f}")
@@ -356,7 +391,7 @@ class Pipeline:
             model_version=cfg.model_version, preset=self.name, episodes=man["num_episodes"], steps=man["num_steps"],
             n_tasks=len(p.tasks), tasks=", ".join(p.tasks), image_size=man["image_size"],
             params=f"{self._param_count() / 1e6:.2f} M", size_mb=size_mb, clip_model=p.clip_model,
-            clip_steps=p.clip_steps, clip_batch=p.clip_batch, layers=" ".join(cfg.layers), width=cfg.width,
+            clip_steps=p.clip_steps, clip_batch=p.clip_batch, head=head, head_training=head_training,
             chunk_len=cfg.chunk_len, n_ctx=cfg.n_ctx, policy_steps=p.policy_steps, policy_batch=p.policy_batch,
             coop_shots=p.coop_shots, scene_classes=", ".join(scene_classes(p.tasks).values()), timings=timings,
             eval_episodes=p.eval_episodes, eval_max_steps=p.eval_max_steps, eval_horizon=p.eval_horizon,

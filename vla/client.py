@@ -152,32 +152,55 @@ def observation_message(obs: dict[str, Any], cameras: list[str], image_format: s
 
 class Session:
     """A StreamPredict session: one request, one response, in order; the server keeps the step counter and
-    (optionally) executes or ensembles chunks. Not thread-safe: one control loop per session."""
+    (optionally) executes or ensembles chunks. Not thread-safe: one control loop per session.
+
+    A stream broken because the server went away (UNAVAILABLE: a restart) is reopened within the client's
+    `wait_s`, as unary calls are retried, and the step is sent again on the new stream. The server's state for
+    the episode (step counter, the chunk being executed, ensembling buffers) died with the old process, so the
+    resent step starts them afresh (`reopened` counts these); past `wait_s`, one `ServerUnavailable`."""
 
     def __init__(self, owner: RemotePolicy, horizon: int = 0, ensemble: bool = False, ensemble_coef: float = 0.8,
                  timeout: float | None = None):
         self._owner = owner
         self._config = policy_pb2.SessionConfig(horizon=horizon, ensemble=ensemble, ensemble_coef=ensemble_coef)
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._call = owner._policy.StreamPredict(iter(self._requests.get, None), metadata=owner._metadata,
-                                                 timeout=timeout)
+        self._timeout = timeout
         self._first = True
         self._n = 0
+        self.reopened = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._call = self._owner._policy.StreamPredict(iter(self._requests.get, None), metadata=self._owner._metadata,
+                                                       timeout=self._timeout)
 
     def step(self, obs: dict[str, Any], reset: bool = False) -> StepResult:
-        req = policy_pb2.PredictRequest(observation=self._owner._observation(obs), reset=reset or self._first,
-                                        request_id=self._n)
-        if req.reset:
-            req.session.CopyFrom(self._config)
+        message = self._owner._observation(obs)
+        first_failure = None
+        for attempt in itertools.count():
+            req = policy_pb2.PredictRequest(observation=message, reset=reset or self._first, request_id=self._n)
+            if req.reset:
+                req.session.CopyFrom(self._config)
+            self._requests.put(req)
+            try:
+                r = next(self._call)
+                break
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE:
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                left = first_failure + self._owner.wait_s - now
+                retries = self._owner.retries
+                if left <= 0 or (retries is not None and attempt >= retries):
+                    raise ServerUnavailable(self._owner.address, now - first_failure, attempt + 1, e) from None
+                time.sleep(min(left, 1.0, self._owner.backoff_s * 2**attempt * (0.5 + random.random())))
+                self._requests.put(None)  # ends the old stream's request iterator
+                self._open()
+                self._first = True  # the new stream starts the episode's server state afresh
+                self.reopened += 1
         self._first = False
         self._n += 1
-        self._requests.put(req)
-        try:
-            r = next(self._call)
-        except grpc.RpcError as e:  # a stream holds server state: it does not survive a restart, open a new one
-            if e.code() in RETRYABLE:
-                raise ServerUnavailable(self._owner.address, 0.0, 1, e) from None
-            raise
         return StepResult(
             actions=from_tensor(r.actions, "actions") if r.HasField("actions") else None,
             action=from_tensor(r.action, "action") if r.HasField("action") else None,

@@ -38,6 +38,7 @@ from vla.policy.checkpoint import recover_dir, write_dir_atomic, write_policy_fi
 from vla.policy.config import PolicyConfig
 from vla.policy.data import (
     PolicyDataset,
+    PositionCache,
     augment,
     collate,
     dataset_actions,
@@ -69,6 +70,9 @@ class TrainConfig:
     shift: float = 0.06  # random shift, fraction of the image size
     jitter: float = 0.2  # brightness/contrast/saturation amplitude
     privileged_weight: float = 1.0  # weight of the privileged-target loss (policies with privileged_dim > 0)
+    # A trained keypoint policy whose encoder and readout a fresh policy starts from (a second stage, usually
+    # with perception_trainable false and the MLP head: then training runs on cached position estimates).
+    perception_from: str | None = None
     device: str = "auto"
     progress: bool = True
 
@@ -232,7 +236,29 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}
-    return VLAPolicy.from_config(config, grid, seed=tc.seed, stats=stats, device=device)
+    policy = VLAPolicy.from_config(config, grid, seed=tc.seed, stats=stats, device=device)
+    if tc.perception_from is not None:
+        copy_perception(policy, tc.perception_from)
+    return policy
+
+
+def copy_perception(policy, source: str | os.PathLike) -> None:
+    """Load the keypoint encoder and readout of the trained policy at `source` into `policy` (same keypoints,
+    channels, targets and cameras), e.g. to train a new action head on perception trained before."""
+    from vla.policy.checkpoint import load_policy
+
+    cfg = policy.config
+    if not (cfg.keypoints and cfg.privileged_dim):
+        raise UserError(f"--perception-from {source}: the config has no keypoint readout to load into "
+                        f"(keypoints={cfg.keypoints}, privileged_dim={cfg.privileged_dim})")
+    src = load_policy(source, policy.device)
+    fields = ("keypoints", "keypoint_channels", "privileged_dim", "cameras")
+    diff = {f: (getattr(src.config, f), getattr(cfg, f)) for f in fields if getattr(src.config, f) != getattr(cfg, f)}
+    if diff:
+        raise UserError(f"--perception-from {source}: its perception does not fit this config: "
+                        + ", ".join(f"{f} {a!r} there, {b!r} here" for f, (a, b) in diff.items()))
+    policy.keypoint_encoder.load_state_dict(src.keypoint_encoder.state_dict())
+    policy.privileged_head.load_state_dict(src.privileged_head.state_dict())
 
 
 def privileged_stats(values: np.ndarray, task_ids: np.ndarray) -> dict[str, Any]:
@@ -242,7 +268,9 @@ def privileged_stats(values: np.ndarray, task_ids: np.ndarray) -> dict[str, Any]
     means = {int(t): values[task_ids == t].mean(0) for t in np.unique(task_ids)}
     resid = values - np.stack([means[int(t)] for t in task_ids])
     return {"task_mean": {str(t): m.tolist() for t, m in means.items()},
-            "std": np.maximum(np.sqrt((resid ** 2).mean(0)), 1e-3).tolist()}
+            "std": np.maximum(np.sqrt((resid ** 2).mean(0)), 1e-3).tolist(),
+            # over all tasks: how the MLP head standardises the position estimates it reads
+            "mean": values.mean(0).tolist(), "global_std": np.maximum(values.std(0), 1e-3).tolist()}
 
 
 # --- one step -------------------------------------------------------------------------------------------
@@ -253,11 +281,13 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
     targets standardised per task (`privileged_stats`), a mean over the rows (DDP's gradient average makes it
     the global batch's mean). Keypoint policies trained on data with camera poses use `keypoint_loss` instead
     (heatmap cross-entropy at each target's projection + the readout's error)."""
-    inputs = {"rgb": batch["rgb"], "state": policy.normalize_state(batch["state"]),
+    inputs = {"rgb": batch.get("rgb"), "state": policy.normalize_state(batch["state"]),
               "instructions": batch["instruction"], "depth": batch.get("depth"),
               "intrinsics": batch.get("intrinsics")}
     aux, kp_rec = None, {}
-    if policy.config.privileged_dim:
+    if "positions" in batch:  # a PositionCache: frozen perception, only the action head learns
+        logits = model(**inputs, positions=batch["positions"])
+    elif policy.config.privileged_dim and policy.config.perception_trainable:
         if batch.get("privileged") is None:
             raise UserError(f"the policy regresses privileged_dim={policy.config.privileged_dim} targets but this "
                             "batch has none: every episode folder must record raw_obs (collect with this version)")
@@ -307,7 +337,7 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
 def _to_device(batch: dict[str, Any], policy, tc: TrainConfig, step: int, rank: int, dev) -> dict[str, Any]:
     batch = dict(batch)
     batch["tokens"] = policy.action_grid.encode(batch["actions"])  # (B, T, G) int64
-    if tc.augment:
+    if tc.augment and "rgb" in batch:  # cached positions have no images to augment
         g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         B = batch["rgb"].shape[0]
         batch = augment(batch, g, shift=tc.shift, jitter=tc.jitter, first=rank * B, total=tc.batch_size)
@@ -346,6 +376,8 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
         log.info("starting from the trained policy %s", init)
     else:
         policy, opt_state, start = build_policy(config, dataset, tc, dev), None, 0
+    if policy.config.action_head == "mlp" and not policy.config.perception_trainable:
+        dataset = PositionCache(dataset, policy, out / "positions.safetensors", progress=tc.progress and rank == 0)
     policy.train()
     optimizer = make_optimizer(policy, tc)
     if opt_state is not None:

@@ -46,6 +46,46 @@ def test_client_made_before_a_restart_gets_its_answer_within_wait_s():
     assert second[0].metrics.rows == 1
 
 
+def test_a_session_made_before_a_restart_reopens_its_stream_within_wait_s():
+    """The stream dies with the server; the session opens a new one when the server is back and resends the step,
+    which starts the episode's server state afresh (step counter back to the first step)."""
+    policy = FakePolicy()
+    first = ServerThread(policy, ServeConfig(port=0)).start()
+    port = first.port
+    remote = RemotePolicy(f"127.0.0.1:{port}", timeout=5, wait_s=60)
+    obs = make_obs(3)
+    want = policy.predict(batch_of([obs]))[0]
+    session = remote.session(horizon=0)
+    steps = [session.step(obs).step for _ in range(3)]
+    first.stop(0)
+    second = []
+    timer = threading.Timer(2.0, lambda: second.append(ServerThread(policy, ServeConfig(port=port)).start()))
+    timer.start()
+    try:
+        r = session.step(obs)  # waits for the server, on a new stream
+        np.testing.assert_array_equal(r.actions, want)
+        assert session.reopened >= 1 and r.step == steps[0] and steps == [steps[0] + i for i in range(3)]
+        assert session.step(obs).step == steps[1]  # the new stream goes on from there
+    finally:
+        timer.join(30)
+        _wait_for(lambda: second)
+        session.close()
+        second[0].stop(0)
+        remote.close()
+
+
+def test_a_session_past_wait_s_fails_with_one_clear_error(server_factory):
+    srv = server_factory(FakePolicy())
+    remote = RemotePolicy(f"127.0.0.1:{srv.port}", timeout=5, wait_s=0.5)
+    session = remote.session(horizon=0)
+    session.step(make_obs(0))
+    srv.stop(0)
+    with pytest.raises(ServerUnavailable, match="unavailable: no answer after waiting"):
+        session.step(make_obs(0))
+    session.close()
+    remote.close()
+
+
 def test_beyond_wait_s_one_clear_error(server_factory):
     srv = server_factory(FakePolicy())
     addr = f"127.0.0.1:{srv.port}"

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="continue from this trained policy (its config, action grid and statistics; new optimiser): "
                         "DAgger rounds and fine-tuning")
+    p.add_argument("--perception-from", default=None, metavar="POLICY",
+                   help="start the keypoint encoder and readout from this trained keypoint policy (a second stage: "
+                        "with perception_trainable false and action_head mlp, training runs on cached position "
+                        "estimates, OUT/positions.safetensors)")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default 10000)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default 32)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")

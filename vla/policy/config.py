@@ -18,6 +18,7 @@ from vla.errors import UserError
 
 FORMAT, VERSION = "vla.policy_config", 1
 LAYER_KINDS = ("ponet", "attn")
+ACTION_HEADS = ("transformer", "mlp")
 ACTION_KINDS = ("translation", "rotation", "gripper", "joint")
 PRESETS = ("tiny", "default")
 
@@ -68,6 +69,15 @@ class PolicyConfig:
     # Whether the CLIP tower's patch tokens enter the head. False (only with keypoints) skips the image tower
     # at inference; Ego3D, which encodes patches, then has nothing to do and must be off.
     vision_tokens: bool = True
+    # What turns the inputs into action tokens. "transformer": the PoNet/attention stack over all tokens (patches,
+    # state, queries, keypoints, instruction). "mlp": an MLP on [proprio state, the keypoint readout's position
+    # estimates, the mean instruction token] -- what the position-from-pixels experiments showed learns the
+    # actions (docs/policy_experiments.md, rows S-est and M1); keypoints and privileged_dim only, no patch tokens.
+    action_head: str = "transformer"
+    mlp_width: int = 256
+    # False freezes the keypoint encoder and its readout (a second stage on perception trained before, see
+    # `vla train --perception-from`); with the MLP head, training then runs on cached position estimates.
+    perception_trainable: bool = True
     # How the model was evaluated, so that `vla eval`, `vla demo` and the client run it the same way by default:
     # actions executed from each chunk before re-planning (None: not set, runners use 1), temporal ensembling.
     exec_horizon: int | None = None
@@ -99,7 +109,7 @@ class PolicyConfig:
         if self.image_size is not None:
             _check(len(self.image_size) == 2 and all(_pos_int(s) for s in self.image_size), "image_size",
                    self.image_size, "null or [H, W] positive ints")
-        for name in ("state_dim", "action_dim", "chunk_len", "width", "heads", "ego3d_reso"):
+        for name in ("state_dim", "action_dim", "chunk_len", "width", "heads", "ego3d_reso", "mlp_width"):
             _check(_pos_int(getattr(self, name)), name, getattr(self, name), "a positive int")
         for name in ("ffn_mult", "ponet_window", "n_ctx", "privileged_dim", "keypoints"):
             _check(_int(getattr(self, name)) and getattr(self, name) >= 0, name, getattr(self, name),
@@ -111,7 +121,7 @@ class PolicyConfig:
         _check(self.exec_horizon is None or (_pos_int(self.exec_horizon) and self.exec_horizon <= self.chunk_len),
                "exec_horizon", self.exec_horizon, f"null or an int in [1, chunk_len={self.chunk_len}]")
         for name in ("text_finetune", "vision_trainable", "ego3d", "exec_ensemble", "vision_tokens",
-                     "keypoint_positions"):
+                     "keypoint_positions", "perception_trainable"):
             _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         _check(_pos_int(self.keypoint_channels) and self.keypoint_channels % 2 == 0, "keypoint_channels",
                self.keypoint_channels, "an even int > 0")
@@ -122,6 +132,12 @@ class PolicyConfig:
                f"a multiple of 3 of at most 3 x keypoints={self.keypoints} (each position is read from one keypoint)")
         _check(not self.keypoint_positions or (self.keypoints and self.privileged_dim), "keypoint_positions",
                self.keypoint_positions, "false unless keypoints > 0 and privileged_dim > 0 (they are the readout's)")
+        _check(self.action_head in ACTION_HEADS, "action_head", self.action_head, f"one of {ACTION_HEADS}")
+        _check(self.action_head != "mlp" or (self.keypoints and self.privileged_dim and not self.vision_tokens),
+               "action_head", self.action_head, "'transformer' unless keypoints > 0, privileged_dim > 0 and "
+               "vision_tokens is false (the MLP reads the keypoint readout's positions, not patch tokens)")
+        _check(self.perception_trainable or self.keypoints, "perception_trainable", self.perception_trainable,
+               "true unless keypoints > 0 (it freezes the keypoint encoder)")
         _check(self.vision_tokens or not self.ego3d, "ego3d", self.ego3d,
                "false when vision_tokens is false (Ego3D encodes the CLIP patch tokens)")
         _check(_is_seq(self.ego3d_centre) and len(self.ego3d_centre) == 3

@@ -5,7 +5,8 @@ Any map-style dataset whose samples have these keys plugs in (`sim.dataset.Episo
     step), action_mask (T,) bool (False on padding past the episode end); optional depth (V, H, W) float32
     metres and intrinsics (V, 3, 3) float32 for the depth image; optional privileged (P,) float32, training-time
     regression targets (object and goal positions in simulation) for a policy with `privileged_dim` P.
-`dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics without decoding images
+`PositionCache` stands in for a dataset when perception is frozen: its samples carry the position estimates
+instead of the images. `dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics without decoding images
 when the dataset can give them directly (`all_actions()` / `all_states()`, or an EpisodeDataset's source).
 """
 
@@ -89,11 +90,13 @@ def _columns(ds, method: str, key: str) -> np.ndarray:
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch; depth/intrinsics only when every sample has them, privileged targets (and
     the task ids they are standardised by) likewise."""
-    missing = [k for k in REQUIRED_KEYS if k not in samples[0]]
+    cached = "positions" in samples[0]  # a PositionCache: position estimates instead of images
+    missing = [k for k in REQUIRED_KEYS if k not in samples[0] and not (cached and k == "rgb")]
     if missing:
         raise UserError(f"dataset samples lack keys {missing} (see vla.policy.data.PolicyDataset)")
     t = lambda x: x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))  # noqa: E731
-    out = {k: torch.stack([t(s[k]) for s in samples]) for k in ("rgb", "state", "actions", "action_mask")}
+    keys = ("positions" if cached else "rgb", "state", "actions", "action_mask")
+    out = {k: torch.stack([t(s[k]) for s in samples]) for k in keys}
     out["instruction"] = [s["instruction"] for s in samples]
     if all("depth" in s and "intrinsics" in s for s in samples):
         out["depth"] = torch.stack([t(s["depth"]) for s in samples]).float()
@@ -194,3 +197,102 @@ class SyntheticDataset:
 
     def all_states(self) -> np.ndarray:
         return self.state.astype(np.float64)
+
+
+class PositionCache:
+    """A dataset with its images replaced by a frozen keypoint policy's position estimates (MLP-head training).
+
+    One batched inference pass over the frames (un-augmented) when built; the MLP head then trains on
+    (state, positions, instruction, actions) held in memory, at thousands of samples a second instead of the
+    tens an image pipeline gives. With `path` the arrays are stored there (safetensors, atomically) and reused
+    while the perception weights and the dataset's length are unchanged, so a resumed run skips the pass.
+    Samples keep the base dataset's order and keys, less rgb/depth/intrinsics, plus positions (P,) float32.
+    """
+
+    KEYS = ("state", "actions", "action_mask", "privileged", "task_id", "positions")
+
+    def __init__(self, base: PolicyDataset, policy, path=None, batch_size: int = 64, progress: bool = True):
+        self.cameras = tuple(base.cameras)
+        self.source = getattr(base, "source", None)  # dataset_* helpers read the arrays without images
+        self.episode_indices = getattr(base, "episode_indices", None)
+        key = self.fingerprint(policy, len(base))
+        loaded = self._load(path, key)
+        if loaded is None:
+            loaded = self._estimate(base, policy, batch_size, progress)
+            if path is not None:
+                self._save(path, key, *loaded)
+        self.arrays, self.instructions = loaded
+
+    @staticmethod
+    def fingerprint(policy, n: int) -> str:
+        """Changes with the perception weights and the number of samples."""
+        import hashlib
+
+        h = hashlib.sha256(str(n).encode())
+        weights = {**policy.keypoint_encoder.state_dict(prefix="encoder."),
+                   **policy.privileged_head.state_dict(prefix="readout.")}
+        for name, t in sorted(weights.items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().float().numpy().tobytes())
+        return h.hexdigest()
+
+    @staticmethod
+    def _load(path, key: str):
+        import json
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        if path is None or not Path(path).is_file():
+            return None
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != key:
+                return None
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        names = json.loads(meta["instructions"])
+        return arrays, [names[i] for i in arrays.pop("instruction_id").tolist()]
+
+    @staticmethod
+    def _save(path, key: str, arrays: dict[str, torch.Tensor], instructions: list[str]) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        from vla.files import atomic_path
+
+        names = list(dict.fromkeys(instructions))
+        index = {t: i for i, t in enumerate(names)}
+        ids = torch.tensor([index[t] for t in instructions], dtype=torch.int64)
+        with atomic_path(path) as tmp:
+            save_file({**{k: v.contiguous() for k, v in arrays.items()}, "instruction_id": ids}, str(tmp),
+                      metadata={"fingerprint": key, "instructions": json.dumps(names)})
+
+    @staticmethod
+    @torch.inference_mode()
+    def _estimate(base, policy, batch_size: int, progress: bool):
+        from tqdm import tqdm
+
+        cols: dict[str, list[torch.Tensor]] = {}
+        instructions: list[str] = []
+        n, dev = len(base), policy.device
+        for start in tqdm(range(0, n, batch_size), desc="position estimates", unit="batch", disable=not progress):
+            b = collate([base[i] for i in range(start, min(start + batch_size, n))])
+            d, K = b.get("depth"), b.get("intrinsics")
+            b["positions"] = policy.estimate_positions(b["rgb"].to(dev), None if d is None else d.to(dev),
+                                                       None if K is None else K.to(dev)).float().cpu()
+            instructions += b["instruction"]
+            for k in PositionCache.KEYS:
+                if k in b:
+                    cols.setdefault(k, []).append(b[k])
+        if not cols:
+            raise UserError("the dataset is empty: no positions to cache")
+        return {k: torch.cat(v) for k, v in cols.items()}, instructions
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = {k: v[i] for k, v in self.arrays.items()}
+        s["instruction"] = self.instructions[i]
+        return s

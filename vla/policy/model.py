@@ -8,6 +8,11 @@ the keypoints and the text (segment max-pooling never mixes modalities):
 Patches are there when `vision_tokens` (CLIP ViT, + Ego3D), keypoints when `keypoints` > 0 (vla.policy.keypoints:
 a conv stem that finds small things the 16 px patches cannot, the default model's vision path).
 
+With `action_head="mlp"` there is no token sequence: an MLP maps [proprio state, the keypoint readout's position
+estimates, the mean instruction token] to the T*G head inputs (the recipe the experiments found to learn the
+actions from 20 demonstrations per task; docs/policy_experiments.md). Training it on frozen perception runs on
+cached estimates (`vla.policy.data.PositionCache`).
+
 Decoding is parallel: one forward pass, argmax per query token, `ActionGrid.decode` -> (B, T, action_dim).
 SpatialVLA decodes its tokens autoregressively (one pass per token); here T*G tokens cost one pass.
 
@@ -71,8 +76,8 @@ class VLAPolicy(nn.Module):
         self.clip = clip
         # PromptLearner freezes the whole CLIP; the flags below re-enable the parts we train.
         self.prompt = PromptLearner(clip, n_ctx=config.n_ctx)
-        for p in clip.model.visual.parameters():
-            p.requires_grad_(config.vision_trainable)
+        for p in clip.model.visual.parameters():  # unused, so frozen, when no patch tokens enter the head
+            p.requires_grad_(config.vision_trainable and config.vision_tokens)
         if config.text_finetune:
             for name, p in clip.model.named_parameters():
                 if not name.startswith("visual."):
@@ -98,11 +103,12 @@ class VLAPolicy(nn.Module):
         self.state_proj = nn.Linear(config.state_dim, W)
         self.type_embed = nn.Parameter(torch.zeros(4, W))  # vision, text, state, query
         self.queries = nn.Parameter(torch.zeros(config.chunk_len * config.n_groups, W))
-        self.layers = nn.ModuleList(
+        mlp = config.action_head == "mlp"
+        self.layers = nn.ModuleList(() if mlp else (
             PoNetLayer(W, config.heads, window=config.ponet_window, ffn_mult=config.ffn_mult) if kind == "ponet"
             else AttentionBlock(W, config.heads, ffn_mult=config.ffn_mult)
             for kind in config.layers
-        )
+        ))
         self.heads = nn.ModuleList(nn.Linear(W, v) for v in action_grid.vocab_sizes)
         # Training-time auxiliary readout (config.privileged_dim): unused by predict().
         self.privileged_head = nn.Linear(W, config.privileged_dim) if config.privileged_dim and not config.keypoints \
@@ -112,14 +118,31 @@ class VLAPolicy(nn.Module):
         self.keypoint_encoder = None
         if config.keypoints:  # built after the other parameters so that keypoints=0 keeps their initialisation
             self.keypoint_encoder = KeypointEncoder(config.keypoints, config.keypoint_channels)
-            self.keypoint_proj = nn.Linear(KEYPOINT_FEATURES, W)
-            self.keypoint_embed = nn.Parameter(torch.randn(V * config.keypoints, W) * 0.02)  # which keypoint
+            if not mlp:  # keypoint tokens for the transformer; the MLP reads the readout's positions only
+                self.keypoint_proj = nn.Linear(KEYPOINT_FEATURES, W)
+                self.keypoint_embed = nn.Parameter(torch.randn(V * config.keypoints, W) * 0.02)  # which keypoint
             if config.privileged_dim:  # positions read from their own keypoints, not from the head
                 self.privileged_head = KeypointReadout(config.privileged_dim // 3)
                 poses = self.stats.get("camera_poses")
                 if poses is not None:
                     self.privileged_head.init_from_pose(poses[config.cameras[0]])
             self.position_proj = nn.Linear(config.privileged_dim, W) if config.keypoint_positions else None
+            if not config.perception_trainable:  # trained in an earlier stage (vla train --perception-from)
+                for p in (*self.keypoint_encoder.parameters(), *self.privileged_head.parameters()):
+                    p.requires_grad_(False)
+        self.action_mlp = None
+        if mlp:
+            # [normalised state | standardised position estimates | mean instruction token] -> T*G head inputs
+            Hm = config.mlp_width
+            self.action_mlp = nn.Sequential(
+                nn.Linear(config.state_dim + config.privileged_dim + W, Hm), nn.ReLU(),
+                nn.Linear(Hm, Hm), nn.ReLU(), nn.Linear(Hm, Hm), nn.ReLU(),
+                nn.Linear(Hm, config.chunk_len * config.n_groups * W))
+            ps = self.stats.get("privileged", {})
+            self.register_buffer("position_mean", torch.tensor(ps.get("mean", [0.0] * config.privileged_dim),
+                                                               dtype=torch.float32), persistent=False)
+            self.register_buffer("position_std", torch.tensor(ps.get("global_std", [1.0] * config.privileged_dim),
+                                                              dtype=torch.float32), persistent=False)
         mean = torch.tensor(clip.model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))
         std = torch.tensor(clip.model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))
         self.register_buffer("pixel_mean", (mean * 255).view(1, 3, 1, 1), persistent=False)
@@ -238,13 +261,22 @@ class VLAPolicy(nn.Module):
     # --- forward -----------------------------------------------------------------------------------------
     def forward(self, rgb: torch.Tensor, state: torch.Tensor, instructions: list[str],
                 depth: torch.Tensor | None = None, intrinsics: torch.Tensor | None = None,
-                has_depth: torch.Tensor | None = None, privileged: bool = False, heatmaps: bool = False):
+                has_depth: torch.Tensor | None = None, privileged: bool = False, heatmaps: bool = False,
+                positions: torch.Tensor | None = None):
         """rgb uint8 (B, V, H, W, 3), state (B, S) normalised, depth (B, V, H', W') metres, intrinsics
         (B, V, 3, 3) for the depth size -> per group logits (B, T, vocab_g); with privileged=True also the
         privileged-target regression (B, privileged_dim): from the keypoints when the policy has them (positions),
         else from the mean of the query tokens (standardised values); with heatmaps=True as well the keypoints'
-        softmax maps (B, V, K, h, w) (keypoint policies only), for their training loss."""
+        softmax maps (B, V, K, h, w) (keypoint policies only), for their training loss.
+
+        MLP-head policies may be given `positions` (B, privileged_dim), the readout's estimates cached from frozen
+        perception (training on `vla.policy.data.PositionCache`); rgb, depth and intrinsics are then unused."""
         cfg = self.config
+        if cfg.action_head == "mlp":
+            return self._forward_mlp(rgb, state, instructions, depth, intrinsics, has_depth, privileged, heatmaps,
+                                     positions)
+        if positions is not None:
+            raise UserError("positions= is for MLP-head policies (config.action_head is 'transformer')")
         B, V = rgb.shape[:2]
         parts, seg_ids = [], []  # token blocks in order, and the PoNet segment id of each block's tokens
 
@@ -303,6 +335,42 @@ class VLAPolicy(nn.Module):
                 raise UserError("this policy has no privileged head (config.privileged_dim is 0)")
             # keypoint policies: positions in the targets' units (see privileged_in_units)
             out.append(positions if positions is not None else self.privileged_head(hq.mean(dim=1)))
+        if heatmaps:
+            out.append(maps)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def estimate_positions(self, rgb: torch.Tensor, depth: torch.Tensor | None = None,
+                           intrinsics: torch.Tensor | None = None, has_depth: torch.Tensor | None = None,
+                           heatmaps: bool = False):
+        """The keypoint readout's estimates of the privileged targets from pixels, (B, privileged_dim) in their
+        units (metres in simulation); with heatmaps=True also the keypoints' maps (B, V, K, h, w)."""
+        if not isinstance(self.privileged_head, KeypointReadout):
+            raise UserError("position estimates need a keypoint policy with privileged_dim > 0")
+        kp, maps = self.keypoint_encoder(rgb, depth, intrinsics, has_depth, return_heatmaps=True)
+        positions = self.privileged_head(kp.detach())  # detached: the maps learn from their own cross-entropy
+        return (positions, maps) if heatmaps else positions
+
+    def _forward_mlp(self, rgb, state, instructions, depth, intrinsics, has_depth, privileged, heatmaps,
+                     positions):
+        """forward() for action_head "mlp": positions from the keypoints (or given) -> MLP -> per group logits."""
+        maps = None
+        if positions is None:
+            if rgb is None:
+                raise UserError("an MLP-head policy needs rgb (or cached positions=)")
+            positions, maps = self.estimate_positions(rgb, depth, intrinsics, has_depth, heatmaps=True)
+        elif heatmaps:
+            raise UserError("heatmaps=True needs images, not cached positions")
+        B, cfg = state.shape[0], self.config
+        text, text_mask = self._text(instructions)  # (B, L, Wt), (B, L)
+        m = text_mask[..., None].to(text.dtype)
+        instruction = self.text_proj((text * m).sum(1) / m.sum(1).clamp_min(1))  # (B, W): mean token
+        # detached: the readout learns positions from its own loss, not from the actions
+        pos = (positions.detach().float().clamp(-2.0, 2.0) - self.position_mean) / self.position_std
+        h = self.action_mlp(torch.cat([state.float(), pos, instruction.float()], dim=-1))
+        h = h.reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
+        out = [[head(h[:, :, g]) for g, head in enumerate(self.heads)]]
+        if privileged:
+            out.append(positions)
         if heatmaps:
             out.append(maps)
         return out[0] if len(out) == 1 else tuple(out)

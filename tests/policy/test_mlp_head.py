@@ -1,0 +1,149 @@
+"""The MLP action head on keypoint position estimates: what it reads (state, positions, instruction -- nothing
+else), that cached positions give the logits the images give, the position cache against per-sample estimates,
+and the second training stage (perception copied from a trained policy, frozen, only the head learns)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla.errors import UserError
+from vla.policy import PolicyConfig, VLAPolicy
+from vla.policy.data import PositionCache, SyntheticDataset
+from vla.train import TrainConfig, copy_perception, train
+
+MLP = dict(keypoints=4, privileged_dim=6, vision_tokens=False, ego3d=False, action_head="mlp", mlp_width=32)
+
+
+def _obs(B=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"rgb": rng.integers(0, 255, (B, 1, size, size, 3), dtype=np.uint8),
+            "state": rng.normal(0, 1, (B, 4)).astype(np.float32), "instruction": ["push the puck"] * B,
+            "depth": rng.uniform(0.5, 2.0, (B, 1, size, size)).astype(np.float32),
+            "intrinsics": np.tile(np.array([[30.0, 0, 16], [0, 30.0, 16], [0, 0, 1]], np.float32), (B, 1, 1, 1))}
+
+
+class PrivilegedSynthetic(SyntheticDataset):
+    """Synthetic samples with privileged targets and task ids (what simulation episodes carry)."""
+
+    def __init__(self, n=24, dim=6, **kw):
+        super().__init__(n, **kw)
+        self.privileged = np.random.default_rng(1).normal(0, 0.3, (n, dim)).astype(np.float32)
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "privileged": torch.from_numpy(self.privileged[i]), "task_id": i % 3}
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(action_head="tree"), "action_head='tree' is invalid"),
+    (dict(action_head="mlp"), "action_head='mlp' is invalid"),  # no keypoints
+    ({**MLP, "privileged_dim": 0}, "action_head='mlp' is invalid"),  # nothing to read positions from
+    ({**MLP, "vision_tokens": True, "ego3d": True}, "action_head='mlp' is invalid"),
+    (dict(perception_trainable=False), "perception_trainable=False is invalid"),
+    ({**MLP, "mlp_width": 0}, "mlp_width=0 is invalid"),
+])
+def test_config_refuses_an_mlp_head_without_keypoint_positions(overrides, match):
+    with pytest.raises(UserError, match=match):
+        PolicyConfig.tiny(**overrides)
+
+
+def test_mlp_head_reads_state_positions_and_instruction_only():
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP))
+    assert len(policy.layers) == 0  # no transformer stack is built
+    obs = _obs()
+    inputs = policy.prepare(obs)
+    with torch.no_grad():
+        logits, pos = policy(**inputs, privileged=True)
+        assert [tuple(lg.shape) for lg in logits] == [(3, 4, v) for v in policy.action_grid.vocab_sizes]
+        # the same positions given directly (a cache): the same logits, and the images are not needed
+        cached = policy(None, inputs["state"], inputs["instructions"], positions=pos)
+        for a, b in zip(logits, cached):
+            torch.testing.assert_close(a, b)
+        # each input moves the logits
+        other_state = policy(None, inputs["state"] + 1, inputs["instructions"], positions=pos)[0]
+        other_pos = policy(None, inputs["state"], inputs["instructions"], positions=pos + 0.1)[0]
+        other_text = policy(None, inputs["state"], ["open the drawer"] * 3, positions=pos)[0]
+        for moved in (other_state, other_pos, other_text):
+            assert not torch.allclose(moved, logits[0])
+        # the CLIP image tower never runs: its weights cannot change an action
+        for p in policy.clip.model.visual.parameters():
+            p.add_(1.0)
+        torch.testing.assert_close(policy(**inputs)[0], logits[0])
+    with pytest.raises(UserError, match="positions= is for MLP-head policies"):
+        transformer = VLAPolicy.from_config(PolicyConfig.tiny(keypoints=4, privileged_dim=6))
+        transformer(None, inputs["state"], inputs["instructions"], positions=pos)
+
+
+def test_mlp_policy_round_trips_with_its_position_statistics(tmp_path):
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP))
+    stats = dict(policy.stats, privileged={"task_mean": {"0": [0.0] * 6}, "std": [1.0] * 6,
+                                           "mean": [0.1] * 6, "global_std": [0.5] * 6})
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP), stats=stats)
+    torch.testing.assert_close(policy.position_std, torch.full((6,), 0.5))
+    policy.save(tmp_path / "p")
+    loaded = VLAPolicy.load(tmp_path / "p")
+    torch.testing.assert_close(loaded.position_mean, torch.full((6,), 0.1))
+    np.testing.assert_array_equal(loaded.predict(_obs()), policy.predict(_obs()))
+
+
+def test_position_cache_matches_per_sample_estimates(tmp_path, monkeypatch):
+    ds = PrivilegedSynthetic(n=10)
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP))
+    cache = PositionCache(ds, policy, tmp_path / "pos.safetensors", batch_size=4, progress=False)
+    assert len(cache) == len(ds)
+    with torch.no_grad():
+        for i in (0, 5, 9):
+            s = ds[i]
+            want = policy.estimate_positions(s["rgb"][None], s["depth"][None], s["intrinsics"][None])[0]
+            got = cache[i]
+            torch.testing.assert_close(got["positions"], want, rtol=1e-5, atol=1e-6)
+            assert "rgb" not in got and got["instruction"] == s["instruction"]
+            torch.testing.assert_close(got["privileged"], s["privileged"])
+            torch.testing.assert_close(got["actions"], s["actions"])
+            assert int(got["task_id"]) == s["task_id"]
+
+    def boom(*a, **k):
+        raise AssertionError("estimated again")
+
+    monkeypatch.setattr(PositionCache, "_estimate", staticmethod(boom))
+    again = PositionCache(ds, policy, tmp_path / "pos.safetensors", progress=False)  # same weights: reused
+    torch.testing.assert_close(again.arrays["positions"], cache.arrays["positions"])
+    assert again.instructions == cache.instructions
+    with torch.no_grad():
+        policy.privileged_head.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="estimated again"):  # other weights: the file is stale
+        PositionCache(ds, policy, tmp_path / "pos.safetensors", progress=False)
+
+
+def test_second_stage_trains_the_head_on_frozen_copied_perception(tmp_path):
+    ds = PrivilegedSynthetic(n=24)
+    src = VLAPolicy.from_config(PolicyConfig.tiny(keypoints=4, privileged_dim=6, vision_tokens=False, ego3d=False),
+                                seed=3)
+    with torch.no_grad():
+        src.keypoint_encoder.log_temp.add_(0.5)  # "trained": differs from any fresh initialisation
+    src.save(tmp_path / "stage1")
+    cfg = PolicyConfig.tiny(**MLP, perception_trainable=False)
+    tc = TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5, save_every=30,
+                     progress=False, perception_from=str(tmp_path / "stage1"))
+    train(cfg, ds, tmp_path / "run", tc)
+    out = VLAPolicy.load(tmp_path / "run" / "policy")
+    for name, t in src.keypoint_encoder.state_dict().items():  # copied, then left alone
+        torch.testing.assert_close(out.keypoint_encoder.state_dict()[name], t)
+    for name, t in src.privileged_head.state_dict().items():
+        torch.testing.assert_close(out.privileged_head.state_dict()[name], t)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["loss"] < 0.7 * recs[0]["loss"], (recs[0], recs[-1])  # the head learns from the cache
+    assert "privileged_loss" not in recs[-1]  # the frozen readout has nothing to learn
+    assert (tmp_path / "run" / "positions.safetensors").is_file()
+
+
+def test_copy_perception_refuses_another_keypoint_layout(tmp_path):
+    src = VLAPolicy.from_config(PolicyConfig.tiny(keypoints=8, privileged_dim=6, vision_tokens=False, ego3d=False))
+    src.save(tmp_path / "src")
+    dst = VLAPolicy.from_config(PolicyConfig.tiny(**MLP))
+    with pytest.raises(UserError, match="keypoints 8 there, 4 here"):
+        copy_perception(dst, tmp_path / "src")
+    plain = VLAPolicy.from_config(PolicyConfig.tiny())
+    with pytest.raises(UserError, match="no keypoint readout to load into"):
+        copy_perception(plain, tmp_path / "src")
