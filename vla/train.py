@@ -43,6 +43,7 @@ from vla.policy.data import (
     collate,
     dataset_actions,
     dataset_camera_poses,
+    dataset_instructions,
     dataset_privileged,
     dataset_states,
     dataset_task_ids,
@@ -233,6 +234,8 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
     elif config.keypoints and config.privileged_dim:
         log.warning("the dataset records no camera poses: the keypoints learn from the position readout alone, "
                     "without the heatmap loss (slow; docs/policy_experiments.md rows L3-L5)")
+    if config.mlp_instruction == "match":  # the MLP head matches new wording to these (vla.policy.instructions)
+        stats["instructions"] = dataset_instructions(dataset)
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}

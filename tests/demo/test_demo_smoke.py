@@ -44,7 +44,7 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     exp = smoke / "export"
     final = smoke / "dagger1" / "policy" / "policy"  # the smoke preset ends with one DAgger round
     trained, exported = load_file(str(final / "model.safetensors")), load_file(str(exp / "model.safetensors"))
-    bc = load_file(str(smoke / "policy" / "policy" / "model.safetensors"))
+    bc = load_file(str(smoke / "head" / "policy" / "model.safetensors"))  # the second stage, before the round
     assert any(not bool((bc[k] == v).all()) for k, v in trained.items())  # the round trained on
     assert trained.keys() == exported.keys()
     for k, v in trained.items():
@@ -57,7 +57,10 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     # the execution settings the model was evaluated with travel in its config
     assert (cfg["exec_horizon"], cfg["exec_ensemble"]) == (res["config"]["horizon"], res["config"]["ensemble"])
     policy = VLAPolicy.load(exp)
-    assert policy.config.ego3d and policy.config.model_version.startswith("trained-")
+    assert policy.config.action_head == "mlp" and policy.config.model_version.startswith("trained-")
+    stage1 = load_file(str(smoke / "policy" / "policy" / "model.safetensors"))
+    for k in (k for k in trained if k.startswith(("keypoint_encoder.", "privileged_head."))):
+        assert bool((trained[k] == stage1[k]).all()), k  # the perception of stage 1, frozen since
     clip_fp32 = load_file(str(smoke / "clip" / "clip.safetensors"))
     clip_fp16 = load_file(str(exp / "clip.safetensors"))
     assert all(bool((clip_fp16[k] == v.half()).all()) for k, v in clip_fp32.items() if v.is_floating_point())
@@ -70,8 +73,8 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     scenes = json.loads((smoke / "coop" / "done.json").read_text())
     assert f"**{scenes['templates']:.3f}**" in card and f"**{scenes['coop']:.3f}**" in card
     summary = json.loads((smoke / "summary.json").read_text())
-    assert set(summary["timings_s"]) == {"collect", "clip", "coop", "policy", "dagger1-collect", "dagger1-train",
-                                         "eval", "export"}
+    assert set(summary["timings_s"]) == {"collect", "clip", "coop", "policy", "head", "dagger1-collect",
+                                         "dagger1-train", "eval", "export"}
     assert sum(p.stat().st_size for p in exp.iterdir()) < 50 * 2**20
 
 

@@ -229,3 +229,23 @@ def test_gaussian_edges_far_tail_stays_finite_and_increasing():
     # A centred unit Gaussian on a wide interval: the middle edge is the mean, quartiles at +-0.6745.
     e = gaussian_edges(0.0, 1.0, -50.0, 50.0, 4)
     np.testing.assert_allclose(e[1:4], [-0.6744897501960817, 0.0, 0.6744897501960817], atol=1e-12)
+
+
+def test_expected_decoding_is_argmax_decoding_on_one_hots_and_the_mean_between_two_tokens():
+    rng = np.random.default_rng(3)
+    acts = np.clip(rng.normal(0, 0.4, (500, 4)), -1, 1)
+    acts[:, 3] = np.where(rng.random(500) < 0.5, -1.0, 1.0)
+    grid = ActionGrid.fit(acts, "metaworld")
+    tokens = torch.as_tensor(grid.encode(acts[:6]))  # (6, G)
+    onehot = [torch.nn.functional.one_hot(tokens[:, g], v).double() for g, v in enumerate(grid.vocab_sizes)]
+    torch.testing.assert_close(grid.decode_expected(onehot), grid.decode(tokens))
+    # half on the first action's tokens, half on the second's: the translation is the mean of the two decoded
+    # translations (the un-normalisation is affine); the gripper keeps the more likely (first, on a tie) token
+    mix = [0.5 * p[0] + 0.5 * p[1] for p in onehot]
+    mix = [m + 1e-6 * p[0] for m, p in zip(mix, onehot)]  # break the tie toward the first
+    got = grid.decode_expected([m[None] for m in mix])[0]
+    both = grid.decode(tokens[:2])
+    torch.testing.assert_close(got[:3], (both[0, :3] + both[1, :3]) / 2, rtol=1e-5, atol=1e-5)
+    assert float(got[3]) == float(both[0, 3])
+    with pytest.raises(ValueError, match="probabilities over 7 tokens"):
+        grid.decode_expected([torch.ones(1, 7)] + [torch.ones(1, v) for v in grid.vocab_sizes[1:]])

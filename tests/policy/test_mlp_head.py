@@ -42,6 +42,7 @@ class PrivilegedSynthetic(SyntheticDataset):
     ({**MLP, "vision_tokens": True, "ego3d": True}, "action_head='mlp' is invalid"),
     (dict(perception_trainable=False), "perception_trainable=False is invalid"),
     ({**MLP, "mlp_width": 0}, "mlp_width=0 is invalid"),
+    ({**MLP, "keypoint_positions": True}, "keypoint_positions=True is invalid"),
 ])
 def test_config_refuses_an_mlp_head_without_keypoint_positions(overrides, match):
     with pytest.raises(UserError, match=match):
@@ -147,3 +148,20 @@ def test_copy_perception_refuses_another_keypoint_layout(tmp_path):
     plain = VLAPolicy.from_config(PolicyConfig.tiny())
     with pytest.raises(UserError, match="no keypoint readout to load into"):
         copy_perception(plain, tmp_path / "src")
+
+
+def test_expectation_decoding_lies_between_bins_and_meets_argmax_on_peaked_logits():
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP, token_decoding="expectation"))
+    argmax = VLAPolicy.from_config(PolicyConfig.tiny(**MLP))  # same seed: the same weights
+    obs = _obs()
+    soft = policy.predict(obs)
+    assert not np.allclose(soft, argmax.predict(obs))  # untrained: flat distributions, means between centres
+    with torch.no_grad():  # every head certain of one token (its bias): the expectation is that token's value
+        for g, (a, b) in enumerate(zip(policy.heads, argmax.heads)):
+            for head in (a, b):
+                head.weight.zero_()
+                head.bias.fill_(-1e4)
+                head.bias[(7 * g + 3) % head.bias.numel()] = 0.0
+    np.testing.assert_allclose(policy.predict(obs), argmax.predict(obs), atol=1e-6)
+    with pytest.raises(UserError, match="token_decoding='mode' is invalid"):
+        PolicyConfig.tiny(token_decoding="mode")

@@ -365,6 +365,22 @@ class ActionGrid:
         y = torch.cat(parts, dim=-1)[..., t["inv_perm"]]  # (..., action_dim) back in action-dim order
         return back(self._unnormalise(y).to(dtype), None)
 
+    def decode_expected(self, probs: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Per-group token probabilities [(..., vocab_g)] -> actions (..., action_dim): each group's expected
+        decoded value under its distribution (continuous between bin centres, where argmax decoding snaps to one;
+        gripper groups keep their most likely token: open or closed), un-normalised."""
+        if len(probs) != self.n_groups:
+            raise ValueError(f"need probabilities for {self.n_groups} groups, got {len(probs)}")
+        t = self._tensors(probs[0].device)
+        parts = []
+        for gi, (g, p) in enumerate(zip(self.groups, probs)):
+            if p.shape[-1] != g.vocab:
+                raise ValueError(f"group {g.name!r}: probabilities over {p.shape[-1]} tokens, vocab is {g.vocab}")
+            table = t["tables"][gi].to(p.dtype)  # (vocab, n_dims), normalised space
+            parts.append(table[p.argmax(-1)] if g.kind == "gripper" else p @ table)
+        y = torch.cat(parts, dim=-1)[..., t["inv_perm"]]
+        return self._unnormalise(y).to(dtype)
+
     # ---- re-discretising
     def rediscretize(self, new_grid: ActionGrid, embeddings, group: str | int | None = None):
         """Re-sample token embeddings of one group from this grid's bin centres to ``new_grid``'s.

@@ -19,6 +19,8 @@ from vla.errors import UserError
 FORMAT, VERSION = "vla.policy_config", 1
 LAYER_KINDS = ("ponet", "attn")
 ACTION_HEADS = ("transformer", "mlp")
+MLP_INSTRUCTIONS = ("text", "match")
+TOKEN_DECODINGS = ("argmax", "expectation")
 ACTION_KINDS = ("translation", "rotation", "gripper", "joint")
 PRESETS = ("tiny", "default")
 
@@ -75,6 +77,14 @@ class PolicyConfig:
     # actions (docs/policy_experiments.md, rows S-est and M1); keypoints and privileged_dim only, no patch tokens.
     action_head: str = "transformer"
     mlp_width: int = 256
+    # How the MLP head reads the instruction. "text": the mean CLIP text-tower token (CoOp context), projected.
+    # "match": a soft match to the instructions of the training data by IDF-weighted CLIP word embeddings (words
+    # never seen in training weigh nothing), one weight per known instruction (vla.policy.instructions); it
+    # generalises to unseen wording better than the small CLIP's text tower (docs/policy_experiments.md, V rows).
+    mlp_instruction: str = "text"
+    # How predict() turns the heads' logits into actions: "argmax" (the most likely token's bin centre, SpatialVLA's
+    # decoding) or "expectation" (the probability-weighted mean of the bin centres: continuous; grippers keep argmax).
+    token_decoding: str = "argmax"
     # False freezes the keypoint encoder and its readout (a second stage on perception trained before, see
     # `vla train --perception-from`); with the MLP head, training then runs on cached position estimates.
     perception_trainable: bool = True
@@ -136,6 +146,14 @@ class PolicyConfig:
         _check(self.action_head != "mlp" or (self.keypoints and self.privileged_dim and not self.vision_tokens),
                "action_head", self.action_head, "'transformer' unless keypoints > 0, privileged_dim > 0 and "
                "vision_tokens is false (the MLP reads the keypoint readout's positions, not patch tokens)")
+        _check(self.token_decoding in TOKEN_DECODINGS, "token_decoding", self.token_decoding,
+               f"one of {TOKEN_DECODINGS}")
+        _check(self.mlp_instruction in MLP_INSTRUCTIONS, "mlp_instruction", self.mlp_instruction,
+               f"one of {MLP_INSTRUCTIONS}")
+        _check(self.mlp_instruction == "text" or self.action_head == "mlp", "mlp_instruction", self.mlp_instruction,
+               "'text' unless action_head is 'mlp'")
+        _check(not (self.action_head == "mlp" and self.keypoint_positions), "keypoint_positions",
+               self.keypoint_positions, "false with action_head 'mlp' (the MLP reads the positions itself)")
         _check(self.perception_trainable or self.keypoints, "perception_trainable", self.perception_trainable,
                "true unless keypoints > 0 (it freezes the keypoint encoder)")
         _check(self.vision_tokens or not self.ego3d, "ego3d", self.ego3d,

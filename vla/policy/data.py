@@ -6,8 +6,9 @@ Any map-style dataset whose samples have these keys plugs in (`sim.dataset.Episo
     metres and intrinsics (V, 3, 3) float32 for the depth image; optional privileged (P,) float32, training-time
     regression targets (object and goal positions in simulation) for a policy with `privileged_dim` P.
 `PositionCache` stands in for a dataset when perception is frozen: its samples carry the position estimates
-instead of the images. `dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics without decoding images
-when the dataset can give them directly (`all_actions()` / `all_states()`, or an EpisodeDataset's source).
+instead of the images. `dataset_actions` / `dataset_states` read the arrays for grid fitting and statistics
+without decoding images when the dataset can give them directly (`all_actions()` / `all_states()`, or an
+EpisodeDataset's source).
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def dataset_task_ids(ds: PolicyDataset) -> np.ndarray:
         return np.concatenate([np.full(int(eps[i]["length"]), int(eps[i]["task_id"]), np.int64)
                                for i in ds.episode_indices])
     return np.array([int(ds[i].get("task_id", 0)) for i in range(len(ds))], np.int64)
+
+
+def dataset_instructions(ds: PolicyDataset) -> list[str]:
+    """The distinct instructions of the dataset, sorted (from episode metadata when the dataset has it)."""
+    if isinstance(getattr(ds, "instructions", None), (list, tuple)):
+        return sorted(set(ds.instructions))
+    source = getattr(ds, "source", None)
+    if source is not None and hasattr(source, "episodes") and hasattr(ds, "episode_indices"):
+        eps = source.episodes()
+        return sorted({eps[i]["instruction"] for i in ds.episode_indices})
+    return sorted({ds[i]["instruction"] for i in range(len(ds))})  # generic fallback: decodes every sample
 
 
 def dataset_camera_poses(ds: PolicyDataset) -> np.ndarray | None:

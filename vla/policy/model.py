@@ -37,6 +37,7 @@ from vla.errors import UserError
 from vla.policy.action_grid import ActionGrid
 from vla.policy.config import PolicyConfig
 from vla.policy.ego3d import Ego3DEncoding
+from vla.policy.instructions import InstructionVocab
 from vla.policy.keypoints import FEATURES as KEYPOINT_FEATURES
 from vla.policy.keypoints import KeypointEncoder, KeypointReadout
 
@@ -134,8 +135,18 @@ class VLAPolicy(nn.Module):
         if mlp:
             # [normalised state | standardised position estimates | mean instruction token] -> T*G head inputs
             Hm = config.mlp_width
+            self.instruction_vocab = None
+            n_text = W
+            if config.mlp_instruction == "match":
+                texts = self.stats.get("instructions")
+                if not texts:
+                    raise UserError("mlp_instruction 'match' needs the training instructions (stats['instructions']"
+                                    ", written by vla train from the dataset)")
+                vocab = self.instruction_vocab = InstructionVocab.fit(texts, clip)
+                self.register_buffer("instruction_ref", vocab.embed(vocab.texts, clip), persistent=False)
+                n_text = len(vocab.texts)
             self.action_mlp = nn.Sequential(
-                nn.Linear(config.state_dim + config.privileged_dim + W, Hm), nn.ReLU(),
+                nn.Linear(config.state_dim + config.privileged_dim + n_text, Hm), nn.ReLU(),
                 nn.Linear(Hm, Hm), nn.ReLU(), nn.Linear(Hm, Hm), nn.ReLU(),
                 nn.Linear(Hm, config.chunk_len * config.n_groups * W))
             ps = self.stats.get("privileged", {})
@@ -361,9 +372,12 @@ class VLAPolicy(nn.Module):
         elif heatmaps:
             raise UserError("heatmaps=True needs images, not cached positions")
         B, cfg = state.shape[0], self.config
-        text, text_mask = self._text(instructions)  # (B, L, Wt), (B, L)
-        m = text_mask[..., None].to(text.dtype)
-        instruction = self.text_proj((text * m).sum(1) / m.sum(1).clamp_min(1))  # (B, W): mean token
+        if self.instruction_vocab is not None:  # soft match to the training instructions
+            instruction = self.instruction_vocab.match(list(instructions), self.clip, self.instruction_ref)
+        else:
+            text, text_mask = self._text(instructions)  # (B, L, Wt), (B, L)
+            m = text_mask[..., None].to(text.dtype)
+            instruction = self.text_proj((text * m).sum(1) / m.sum(1).clamp_min(1))  # (B, W): mean token
         # detached: the readout learns positions from its own loss, not from the actions
         pos = (positions.detach().float().clamp(-2.0, 2.0) - self.position_mean) / self.position_std
         h = self.action_mlp(torch.cat([state.float(), pos, instruction.float()], dim=-1))
@@ -385,7 +399,13 @@ class VLAPolicy(nn.Module):
         return self.tokens_from_logits(self(**self.prepare(obs)))
 
     def predict(self, obs: dict[str, Any]) -> np.ndarray:
-        """Observation batch -> (B, T, action_dim) float32 actions in the raw (un-normalised) action space."""
+        """Observation batch -> (B, T, action_dim) float32 actions in the raw (un-normalised) action space,
+        decoded as `config.token_decoding` says."""
+        if self.config.token_decoding == "expectation":
+            with torch.inference_mode():
+                logits = self(**self.prepare(obs))
+                actions = self.action_grid.decode_expected([lg.float().softmax(-1) for lg in logits])
+            return actions.cpu().numpy().astype(np.float32)
         tokens = self.predict_tokens(obs).cpu()
         return np.asarray(self.action_grid.decode(tokens.numpy()), dtype=np.float32)
 
