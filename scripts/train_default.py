@@ -1,32 +1,33 @@
-"""Train the default model from nothing: collect -> clip -> coop -> policy -> DAgger rounds -> eval -> export.
+"""Train the default model from nothing: collect -> clip -> coop -> policy -> head -> DAgger rounds -> eval -> export.
 
     python scripts/train_default.py --preset default --work work/default --export vla/assets/default  # < 2 h
-    python scripts/train_default.py --preset smoke --work /tmp/smoke                                 # < 3 min
+    python scripts/train_default.py --preset smoke --work /tmp/smoke                                 # < 5 min
 
 Every stage skips when its output exists and the long ones resume inside (collection continues at the next seed,
 CLIP pre-training and policy training from their last checkpoint): kill it and rerun the same command. A GPU is
 used when present (CLIP pre-training, policy training, evaluation); `WORK/summary.json` collects stage times,
 sizes and results, `WORK/timings.json` the wall seconds per stage (summed over resumed runs).
 
-Sizing of `default` (2-core CPU, shared; measured 2026-11-27 with /tmp/h7 probes, single-thread CPU time per
-unit, the robust figure on a machine other users load; 2 threads run ~1.7x faster than 1):
+The default model has two policy stages (docs/policy_experiments.md, rows E7 and M2): `policy` trains the keypoint
+perception (heatmap cross-entropy at the object / goal projections, a position readout) under a token head;
+`head` copies that perception, freezes it, caches its position estimates for every frame and trains an MLP action
+head on [proprio, estimates, the instruction matched to the training instructions] (`vla train --perception-from`).
+
+Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 and 2026-12-01):
     collection   ~40 ms CPU per env step (128 px RGB-D render + expert), 2 workers: 17-25 steps/s wall;
-                 expert episodes average ~80-100 steps -> 10 tasks x 20 episodes ~ 20k steps ~ 15 min
-    CLIP         vla-small 112 px / 4 layers: 0.42-0.57 s CPU per 16 pairs fwd+bwd -> batch 64 ~ 1.2 s/step on 2
-                 threads -> 300 steps ~ 7 min (19k frame-caption pairs, ~1 epoch of the frames)
-    CoOp         4 shots x 10 classes, 100 epochs on cached features + 10 held-out renders per class: < 1 min
-    policy       vla-small + 4-layer head: 0.62 s CPU per 16 samples single-thread (128 px / 6 layers: 0.72 s)
-                 -> batch 32 ~ 0.75-0.9 s/step on 2 threads -> 3000 steps ~ 40-45 min (~5 epochs of 19k)
-                 (keypoint path instead of the ViT patches, `policy={"keypoints": 32, ...}`: ~60 samples/s,
-                 3000 steps ~ 27 min, 2026-12-01)
-    evaluation   env ~40 ms + policy ~25 ms per step; horizon 2 halves the policy calls; 10 tasks x 20 seeds,
-                 <= 250 steps -> ~30k steps at ~15 steps/s ~ 30 min; the expert on the same seeds ~ 8 min
-    total        ~15 + 7 + 1 + 45 + 38 = ~106 min, under the 2 h budget with ~15 min to spare
-DAgger rounds (2026-12-01): the previous round's policy drives on new seeds (beta: probability per step of executing
-the expert instead), the expert labels every visited state, and training continues from that policy on the union
-of the expert demonstrations and every round so far (`sim.collect`, `vla train --init`); each round is two
-resumable stages, collect and train. Measured in docs/policy_experiments.md.
-Predict latency: 112 px / 4 layers ~20-27 ms CPU single-thread per observation (128 px / 6 layers: ~34 ms).
+                 expert episodes average ~80-100 steps -> 10 tasks x 20 episodes ~ 15k steps ~ 11-15 min
+    CLIP         vla-small 112 px / 4 layers, batch 64 ~ 1.2 s/step on 2 threads -> 300 steps ~ 10 min
+    CoOp         4 shots x 10 classes, 100 epochs on cached features + 10 held-out renders per class: ~1 min
+    policy       keypoint perception + token head at 128 px: ~60 samples/s -> 3000 x 32 ~ 28 min
+    head         one pass of position estimates over ~14k frames ~1.5 min, then ~1,300-1,500 samples/s ->
+                 3000 x 256 ~ 9-10 min
+    evaluation   10 tasks x 20 held-out seeds, <= 500 steps, horizon 2: ~28 min (~45 env steps/s with 2 workers);
+                 the expert on the same seeds ~ 8 min
+    total        ~15 + 10 + 1 + 28 + 11 + 36 = ~100 min, under the 3 h budget
+DAgger rounds (`--preset dagger`, on the patch-token policy): the previous round's policy drives on new seeds (beta:
+probability per step of executing the expert instead), the expert labels every visited state, and training
+continues from that policy on the union of the expert demonstrations and every round so far (`sim.collect`,
+`vla train --init`); each round is two resumable stages, collect and train. Measured in docs/policy_experiments.md.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class DaggerRound:
 # heatmap loss and a token head, then an MLP action head on its frozen position estimates, reading the
 # instruction as a match to the training instructions.
 KEYPOINT_POLICY = dict(privileged_dim=9, keypoints=32, vision_tokens=False, ego3d=False, keypoint_positions=True)
-MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match")
+MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match", token_decoding="expectation")
 
 PRESETS = {
     # The committed default model.

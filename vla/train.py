@@ -235,7 +235,8 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
         log.warning("the dataset records no camera poses: the keypoints learn from the position readout alone, "
                     "without the heatmap loss (slow; docs/policy_experiments.md rows L3-L5)")
     if config.mlp_instruction == "match":  # the MLP head matches new wording to these (vla.policy.instructions)
-        stats["instructions"] = dataset_instructions(dataset)
+        tasks = dataset_instructions(dataset)
+        stats["instructions"] = {"texts": sorted(tasks), "groups": [tasks[t] for t in sorted(tasks)]}
     if first.get("intrinsics") is not None:  # served as metadata: the camera model the policy was trained with
         K = np.asarray(first["intrinsics"], dtype=np.float64)  # (V, 3, 3) for the dataset's image size
         stats["intrinsics"] = {cam: K[v].tolist() for v, cam in enumerate(config.cameras)}

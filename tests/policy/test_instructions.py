@@ -86,3 +86,20 @@ def test_mlp_head_with_matching_acts_on_unseen_wording_as_on_its_match():
         assert not torch.allclose(other, base, atol=1e-3)
     with pytest.raises(UserError, match="mlp_instruction='match' is invalid"):
         PolicyConfig.tiny(mlp_instruction="match")
+
+
+def test_paraphrases_of_a_task_share_one_weight(clip):
+    texts = TRAIN + ["shut the drawer"]
+    groups = ["drawer-close", "drawer-open", "button", "drawer-close"]
+    vocab = InstructionVocab.fit(texts, clip, temperature=0.1, groups=groups)
+    assert vocab.group_names == ["button", "drawer-close", "drawer-open"]
+    for text in ["push the drawer shut", "press it"]:
+        per_text = _numpy_match(clip, texts, text, 0.1)  # over sorted(texts)
+        by_group = {g: 0.0 for g in vocab.group_names}
+        for t, w in zip(sorted(texts), per_text):
+            by_group[dict(zip(texts, groups))[t]] += w
+        np.testing.assert_allclose(vocab.match([text], clip)[0].numpy(), [by_group[g] for g in vocab.group_names],
+                                   rtol=1e-4, atol=1e-6)
+    assert InstructionVocab.from_dict(vocab.to_dict()).groups == vocab.groups
+    with pytest.raises(UserError, match="one group"):
+        InstructionVocab(["a", "b"], {}, groups=["x"])

@@ -56,15 +56,20 @@ def dataset_task_ids(ds: PolicyDataset) -> np.ndarray:
     return np.array([int(ds[i].get("task_id", 0)) for i in range(len(ds))], np.int64)
 
 
-def dataset_instructions(ds: PolicyDataset) -> list[str]:
-    """The distinct instructions of the dataset, sorted (from episode metadata when the dataset has it)."""
-    if isinstance(getattr(ds, "instructions", None), (list, tuple)):
-        return sorted(set(ds.instructions))
+def dataset_instructions(ds: PolicyDataset) -> dict[str, str]:
+    """The distinct instructions of the dataset -> the task each belongs to (episode metadata's "task"; an
+    instruction is its own task where the dataset does not say)."""
     source = getattr(ds, "source", None)
     if source is not None and hasattr(source, "episodes") and hasattr(ds, "episode_indices"):
         eps = source.episodes()
-        return sorted({eps[i]["instruction"] for i in ds.episode_indices})
-    return sorted({ds[i]["instruction"] for i in range(len(ds))})  # generic fallback: decodes every sample
+        return {eps[i]["instruction"]: str(eps[i].get("task", eps[i]["instruction"])) for i in ds.episode_indices}
+    if isinstance(getattr(ds, "instructions", None), (list, tuple)):
+        return {t: t for t in ds.instructions}
+    out = {}
+    for i in range(len(ds)):  # generic fallback: decodes every sample
+        s = ds[i]
+        out[s["instruction"]] = str(s.get("task", s["instruction"]))
+    return out
 
 
 def dataset_camera_poses(ds: PolicyDataset) -> np.ndarray | None:

@@ -9,11 +9,13 @@ Patches are there when `vision_tokens` (CLIP ViT, + Ego3D), keypoints when `keyp
 a conv stem that finds small things the 16 px patches cannot, the default model's vision path).
 
 With `action_head="mlp"` there is no token sequence: an MLP maps [proprio state, the keypoint readout's position
-estimates, the mean instruction token] to the T*G head inputs (the recipe the experiments found to learn the
-actions from 20 demonstrations per task; docs/policy_experiments.md). Training it on frozen perception runs on
-cached estimates (`vla.policy.data.PositionCache`).
+estimates, the instruction (the mean text-tower token, or its match to the training instructions:
+vla.policy.instructions)] to the T*G head inputs (the recipe the experiments found to learn the actions from 20
+demonstrations per task; docs/policy_experiments.md). Training it on frozen perception runs on cached estimates
+(`vla.policy.data.PositionCache`).
 
-Decoding is parallel: one forward pass, argmax per query token, `ActionGrid.decode` -> (B, T, action_dim).
+Decoding is parallel: one forward pass, argmax per query token (or, `token_decoding: expectation`, the expected
+bin centre), `ActionGrid.decode` -> (B, T, action_dim).
 SpatialVLA decodes its tokens autoregressively (one pass per token); here T*G tokens cost one pass.
 
     policy = VLAPolicy.from_config(PolicyConfig.tiny())
@@ -138,13 +140,14 @@ class VLAPolicy(nn.Module):
             self.instruction_vocab = None
             n_text = W
             if config.mlp_instruction == "match":
-                texts = self.stats.get("instructions")
-                if not texts:
+                known = self.stats.get("instructions")
+                if not known:
                     raise UserError("mlp_instruction 'match' needs the training instructions (stats['instructions']"
                                     ", written by vla train from the dataset)")
-                vocab = self.instruction_vocab = InstructionVocab.fit(texts, clip)
+                texts, groups = (known, None) if isinstance(known, list) else (known["texts"], known.get("groups"))
+                vocab = self.instruction_vocab = InstructionVocab.fit(texts, clip, groups=groups)
                 self.register_buffer("instruction_ref", vocab.embed(vocab.texts, clip), persistent=False)
-                n_text = len(vocab.texts)
+                n_text = len(vocab.group_names)  # one weight per task (per instruction for older stats)
             self.action_mlp = nn.Sequential(
                 nn.Linear(config.state_dim + config.privileged_dim + n_text, Hm), nn.ReLU(),
                 nn.Linear(Hm, Hm), nn.ReLU(), nn.Linear(Hm, Hm), nn.ReLU(),
