@@ -386,8 +386,11 @@ class Pipeline:
                   "the CLIP image tower's patch tokens" + (" with Ego3D" if cfg.ego3d else ""))
 
         if cfg.action_head == "mlp":
+            words = ("the instruction matched to the training instructions by IDF-weighted CLIP word embeddings, "
+                     "summed per task (`vla.policy.instructions`)" if cfg.mlp_instruction == "match" else
+                     "the mean instruction token")
             head = (f"an MLP action head ({cfg.mlp_width} wide, 3 hidden layers) on the proprio state, the keypoint "
-                    "readout's position estimates and the mean instruction token")
+                    f"readout's position estimates and {words}; tokens decoded by {cfg.token_decoding}")
         else:
             head = f"PoNet + attention head `{' '.join(cfg.layers)}`, width {cfg.width}"
         head_training = (f", then the action head alone for {p.head_steps} steps of batch {p.head_batch} on the "
