@@ -186,15 +186,7 @@ class Session:
                 r = next(self._call)
                 break
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE:
-                    raise
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                left = first_failure + self._owner.wait_s - now
-                retries = self._owner.retries
-                if left <= 0 or (retries is not None and attempt >= retries):
-                    raise ServerUnavailable(self._owner.address, now - first_failure, attempt + 1, e) from None
-                time.sleep(min(left, 1.0, self._owner.backoff_s * 2**attempt * (0.5 + random.random())))
+                first_failure = self._owner._wait_after(e, attempt, first_failure)
                 self._requests.put(None)  # ends the old stream's request iterator
                 self._open()
                 self._first = True  # the new stream starts the episode's server state afresh
@@ -269,15 +261,21 @@ class RemotePolicy:
             try:
                 return method(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE:
-                    raise
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                left = first_failure + self.wait_s - now
-                if left <= 0 or (self.retries is not None and attempt >= self.retries):
-                    raise ServerUnavailable(self.address, now - first_failure, attempt + 1, e) from None
-                time.sleep(min(left, 1.0, self.backoff_s * 2**attempt * (0.5 + random.random())))
+                first_failure = self._wait_after(e, attempt, first_failure)
         raise AssertionError("unreachable")
+
+    def _wait_after(self, error: grpc.RpcError, attempt: int, first_failure: float | None) -> float:
+        """After failed attempt `attempt`: re-raise a non-retryable error, raise ServerUnavailable once `wait_s`
+        (or `retries`) is spent, else sleep the jittered backoff; returns the time of the first failure."""
+        if error.code() not in RETRYABLE:
+            raise error
+        now = time.monotonic()
+        first_failure = now if first_failure is None else first_failure
+        left = first_failure + self.wait_s - now
+        if left <= 0 or (self.retries is not None and attempt >= self.retries):
+            raise ServerUnavailable(self.address, now - first_failure, attempt + 1, error) from None
+        time.sleep(min(left, 1.0, self.backoff_s * 2**attempt * (0.5 + random.random())))
+        return first_failure
 
     def _observation(self, obs: dict[str, Any]) -> policy_pb2.Observation:
         info = self.info()

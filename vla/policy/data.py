@@ -230,8 +230,6 @@ class PositionCache:
 
     def __init__(self, base: PolicyDataset, policy, path=None, batch_size: int = 64, progress: bool = True):
         self.cameras = tuple(base.cameras)
-        self.source = getattr(base, "source", None)  # dataset_* helpers read the arrays without images
-        self.episode_indices = getattr(base, "episode_indices", None)
         key = self.fingerprint(policy, len(base))
         loaded = self._load(path, key)
         if loaded is None:
