@@ -390,7 +390,9 @@ class Pipeline:
                      "summed per task (`vla.policy.instructions`)" if cfg.mlp_instruction == "match" else
                      "the mean instruction token")
             head = (f"an MLP action head ({cfg.mlp_width} wide, 3 hidden layers) on the proprio state, the keypoint "
-                    f"readout's position estimates and {words}; tokens decoded by {cfg.token_decoding}")
+                    f"readout's position estimates and {words}; " + (
+                        "it regresses the chunk of actions (squared error in the action grid's normalised space)"
+                        if cfg.action_output == "continuous" else f"tokens decoded by {cfg.token_decoding}"))
         else:
             head = f"PoNet + attention head `{' '.join(cfg.layers)}`, width {cfg.width}"
         head_training = (f", then the action head alone for {p.head_steps} steps of batch {p.head_batch} on the "

@@ -51,6 +51,10 @@ from vla.policy.data import (
 from vla.policy.keypoints import keypoint_loss
 
 log = logging.getLogger(__name__)
+# Metres: the smallest std an MLP head divides a position input by before it has its estimates' statistics. A
+# target absent from a task (MT10 has no second object) has a constant true position, and that std (floored at
+# 1e-3 in privileged_stats) scaled the readout's estimate of it ~1000-fold in M1-M3 (docs/policy_experiments.md).
+POSITION_STD_FLOOR = 0.05
 
 
 @dataclass
@@ -228,6 +232,10 @@ def build_policy(config: PolicyConfig, dataset: PolicyDataset, tc: TrainConfig, 
                             "collect the data with this version (episodes record raw_obs) or set privileged_dim "
                             f"to {0 if have is None else have[0]}")
         stats["privileged"] = privileged_stats(dataset_privileged(dataset), dataset_task_ids(dataset))
+        if config.action_head == "mlp":  # its position inputs; replaced by the estimates' own on a position cache
+            ps = stats["privileged"]
+            ps["estimate_mean"] = ps["mean"]
+            ps["estimate_std"] = [max(v, POSITION_STD_FLOOR) for v in ps["global_std"]]
     poses = dataset_camera_poses(dataset)
     if poses is not None:  # the keypoint loss projects with them; the readout starts from them
         stats["camera_poses"] = {cam: poses[v].tolist() for v, cam in enumerate(config.cameras)}
@@ -280,7 +288,8 @@ def privileged_stats(values: np.ndarray, task_ids: np.ndarray) -> dict[str, Any]
 # --- one step -------------------------------------------------------------------------------------------
 def compute_loss(model, policy, batch: dict[str, Any], world: int,
                  privileged_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients), plus,
+    """CE summed over valid (step, group) tokens / global valid count (x world: DDP averages gradients; for
+    action_output "continuous" the squared error in the grid's normalised space, a mean per valid step), plus,
     for a policy with privileged_dim, privileged_weight x the smooth-L1 error of its privileged readout on the
     targets standardised per task (`privileged_stats`), a mean over the rows (DDP's gradient average makes it
     the global batch's mean). Keypoint policies trained on data with camera poses use `keypoint_loss` instead
@@ -321,11 +330,20 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
     tokens, mask = batch["tokens"], batch["action_mask"]  # (B, T, G), (B, T)
     loss_sum = torch.zeros((), device=tokens.device)
     correct = torch.zeros((), device=tokens.device)
-    for g, lg in enumerate(logits):
-        ce = F.cross_entropy(lg.float().flatten(0, 1), tokens[..., g].flatten(), reduction="none")
-        loss_sum = loss_sum + (ce.view(mask.shape) * mask).sum()
-        correct = correct + ((lg.argmax(-1) == tokens[..., g]) & mask).sum()
-    totals = torch.stack([loss_sum.detach(), correct.float(), mask.sum().float() * len(logits)])
+    n_tokens = mask.sum().float() * tokens.shape[-1]
+    if policy.config.action_output == "continuous":  # squared error in the grid's [-1, 1] space
+        grid = policy.action_grid
+        target = grid.normalize(batch["actions"].to(tokens.device)).float()
+        se = ((logits.float() - target) ** 2).mean(-1)  # (B, T): the mean over action dimensions
+        loss_sum = (se * mask).sum() * tokens.shape[-1]  # / n_tokens below: the mean per valid step
+        with torch.no_grad():  # token accuracy: the regressed action falls in the expert's bin
+            correct = ((grid.encode(grid.unnormalize(logits.detach().double())) == tokens) & mask[..., None]).sum()
+    else:  # cross-entropy per valid (step, group) token
+        for g, lg in enumerate(logits):
+            ce = F.cross_entropy(lg.float().flatten(0, 1), tokens[..., g].flatten(), reduction="none")
+            loss_sum = loss_sum + (ce.view(mask.shape) * mask).sum()
+            correct = correct + ((lg.argmax(-1) == tokens[..., g]) & mask).sum()
+    totals = torch.stack([loss_sum.detach(), correct.float(), n_tokens])
     if world > 1:
         dist.all_reduce(totals)
     count = totals[2].clamp_min(1)
@@ -382,6 +400,8 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
         policy, opt_state, start = build_policy(config, dataset, tc, dev), None, 0
     if policy.config.action_head == "mlp" and not policy.config.perception_trainable:
         dataset = PositionCache(dataset, policy, out / "positions.safetensors", progress=tc.progress and rank == 0)
+        if found is None and init is None:  # a new head: standardise what it reads, the cached estimates
+            policy.set_position_stats(dataset.arrays["positions"])
     policy.train()
     optimizer = make_optimizer(policy, tc)
     if opt_state is not None:

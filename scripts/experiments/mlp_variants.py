@@ -13,6 +13,10 @@ perception gives the estimates in the rollouts, its text tower the instruction f
   nn-mse        a soft match (softmax of cosine / 0.02) of the instruction to the training instructions, by their
                 IDF-weighted mean word embedding (unseen words weigh 0), single action, MSE
   word-mse      the mean CLIP *input* word embedding of the instruction (no text transformer), single action, MSE
+  match-mse     (fifth session) the policy's own instruction code (`mlp_instruction: match`, summed per task, as in
+                M3), single action, MSE
+  match-tok     the policy's instruction code, grid tokens (CE), horizon 2, expectation decoding (M3's output,
+                trained with this script's recipe: every input standardised, 5000 x 256, no warmup)
 INSTRUCTIONS: train | heldout paraphrases in the rollouts.
 """
 import os, sys, time, warnings, json; sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -64,6 +68,8 @@ if variant.startswith("word"):
 if variant.startswith("nn"):  # softmax over the training instructions by IDF word-embedding similarity
     ref = idf_feat(train_instr)
     text_feat = lambda texts: torch.softmax(idf_feat(texts) @ ref.T / float(os.environ.get("NN_TEMP", "0.02")), dim=-1)
+if variant.startswith("match"):  # the policy's InstructionVocab match, summed per task (M3's code)
+    text_feat = lambda texts: pol.instruction_vocab.match(list(texts), pol.clip, pol.instruction_ref).float()
 uniq = sorted(set(instr)); tf = dict(zip(uniq, text_feat(uniq)))
 def cond(tids, texts):
     if variant.startswith("onehot"):
@@ -115,6 +121,11 @@ def act(obs, t_id, text):
         if not tok:
             return [o.numpy()]
         o = o.reshape(T, -1); toks = []; start = 0
+        if variant.startswith("match"):  # expectation decoding, as token_decoding "expectation"
+            probs = []
+            for v in vs:
+                probs.append(o[:, start:start + v].softmax(-1)); start += v
+            return list(grid.decode_expected(probs).numpy()[:2])
         for v in vs:
             toks.append(o[:, start:start + v].argmax(-1)); start += v
         return list(np.asarray(grid.decode(torch.stack(toks, -1)[None].numpy()))[0][:2])

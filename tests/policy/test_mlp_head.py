@@ -11,7 +11,7 @@ import torch
 from vla.errors import UserError
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.policy.data import PositionCache, SyntheticDataset
-from vla.train import TrainConfig, copy_perception, train
+from vla.train import TrainConfig, compute_loss, copy_perception, train
 
 MLP = dict(keypoints=4, privileged_dim=6, vision_tokens=False, ego3d=False, action_head="mlp", mlp_width=32)
 
@@ -43,6 +43,8 @@ class PrivilegedSynthetic(SyntheticDataset):
     (dict(perception_trainable=False), "perception_trainable=False is invalid"),
     ({**MLP, "mlp_width": 0}, "mlp_width=0 is invalid"),
     ({**MLP, "keypoint_positions": True}, "keypoint_positions=True is invalid"),
+    (dict(action_output="continuous"), "action_output='continuous' is invalid"),  # transformer: tokens only
+    ({**MLP, "action_output": "floats"}, "action_output='floats' is invalid"),
 ])
 def test_config_refuses_an_mlp_head_without_keypoint_positions(overrides, match):
     with pytest.raises(UserError, match=match):
@@ -137,6 +139,22 @@ def test_second_stage_trains_the_head_on_frozen_copied_perception(tmp_path):
     assert recs[-1]["loss"] < 0.7 * recs[0]["loss"], (recs[0], recs[-1])  # the head learns from the cache
     assert "privileged_loss" not in recs[-1]  # the frozen readout has nothing to learn
     assert (tmp_path / "run" / "positions.safetensors").is_file()
+    # the head's position inputs are standardised by the cached estimates' own statistics (what it reads)
+    est = np.clip(PositionCache(ds, out, tmp_path / "run" / "positions.safetensors",
+                                progress=False).arrays["positions"].numpy(), -2, 2)
+    np.testing.assert_allclose(out.stats["privileged"]["estimate_mean"], est.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.position_std.numpy(), est.std(0, ddof=1), rtol=1e-4)
+
+
+def test_a_new_mlp_head_never_divides_by_the_std_of_an_absent_target():
+    from vla.train import POSITION_STD_FLOOR, build_policy
+
+    ds = PrivilegedSynthetic(n=24)
+    ds.privileged[:, 3:6] = 0.0  # no second object: its true position is constant (MT10)
+    policy = build_policy(PolicyConfig.tiny(**MLP), ds, TrainConfig(progress=False), torch.device("cpu"))
+    std = policy.position_std.numpy()
+    np.testing.assert_allclose(std[3:6], POSITION_STD_FLOOR)  # not privileged_stats' 1e-3
+    np.testing.assert_allclose(std[:3], np.maximum(ds.privileged[:, :3].std(0), POSITION_STD_FLOOR), rtol=1e-5)
 
 
 def test_copy_perception_refuses_another_keypoint_layout(tmp_path):
@@ -165,3 +183,50 @@ def test_expectation_decoding_lies_between_bins_and_meets_argmax_on_peaked_logit
     np.testing.assert_allclose(policy.predict(obs), argmax.predict(obs), atol=1e-6)
     with pytest.raises(UserError, match="token_decoding='mode' is invalid"):
         PolicyConfig.tiny(token_decoding="mode")
+
+
+def _unnormalise_np(y, grid):
+    """numpy reference of the grid's [-1, 1] -> action mapping (q01/q99 per dimension; grippers raw)."""
+    lo, hi = grid.q_low, grid.q_high
+    grip = np.zeros(grid.action_dim, bool)
+    for g in grid.groups:
+        if g.kind == "gripper":
+            grip[list(g.dims)] = True
+    return np.where(grip, y, (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo)
+
+
+def test_continuous_output_regresses_the_chunk_and_encodes_tokens_on_the_grid():
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP, action_output="continuous"))
+    assert len(policy.heads) == 0  # no per-group token heads are built
+    obs = _obs()
+    with torch.no_grad():
+        out = policy(**policy.prepare(obs))
+    assert tuple(out.shape) == (3, policy.config.chunk_len, policy.config.action_dim)
+    actions = policy.predict(obs)
+    assert actions.dtype == np.float32
+    np.testing.assert_allclose(actions, _unnormalise_np(out.double().numpy(), policy.action_grid), atol=1e-5)
+    np.testing.assert_array_equal(policy.predict_tokens(obs).numpy(), policy.action_grid.encode(actions))
+
+
+def test_continuous_loss_is_the_mean_squared_error_of_valid_steps_in_normalised_space():
+    policy = VLAPolicy.from_config(PolicyConfig.tiny(**MLP, action_output="continuous", perception_trainable=False))
+    grid, T = policy.action_grid, policy.config.chunk_len
+    rng = np.random.default_rng(4)
+    actions = rng.uniform(-1, 1, (3, T, 4)).astype(np.float32)
+    mask = np.ones((3, T), bool)
+    mask[0, 2:] = False  # the episode ended: its last steps do not count
+    obs = _obs()
+    batch = {k: v if k == "instruction" else torch.from_numpy(v) for k, v in obs.items()}
+    batch.update(actions=torch.from_numpy(actions), action_mask=torch.from_numpy(mask),
+                 tokens=torch.as_tensor(grid.encode(actions)))
+    loss, rec = compute_loss(policy, policy, batch, world=1)
+    with torch.no_grad():
+        pred = policy(**policy.prepare(obs)).double().numpy()
+    lo, hi = grid.q_low, grid.q_high
+    target = np.clip(2 * (actions - lo) / (hi - lo) - 1, -1, 1)
+    target[..., 3] = actions[..., 3]  # the gripper is not normalised
+    expected = ((pred - target) ** 2).mean(-1)[mask].mean()
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+    assert rec["loss"] == pytest.approx(expected, rel=1e-4)
+    loss.backward()  # the regression trains the head
+    assert policy.action_mlp[0].weight.grad is not None

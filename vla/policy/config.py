@@ -21,6 +21,7 @@ LAYER_KINDS = ("ponet", "attn")
 ACTION_HEADS = ("transformer", "mlp")
 MLP_INSTRUCTIONS = ("text", "match")
 TOKEN_DECODINGS = ("argmax", "expectation")
+ACTION_OUTPUTS = ("tokens", "continuous")
 ACTION_KINDS = ("translation", "rotation", "gripper", "joint")
 PRESETS = ("tiny", "default")
 
@@ -85,6 +86,11 @@ class PolicyConfig:
     # How predict() turns the heads' logits into actions: "argmax" (the most likely token's bin centre, SpatialVLA's
     # decoding) or "expectation" (the probability-weighted mean of the bin centres: continuous; grippers keep argmax).
     token_decoding: str = "argmax"
+    # What the MLP head outputs. "tokens": per-group logits over the action grid's bins (cross-entropy, decoded by
+    # token_decoding). "continuous": the chunk of actions in the grid's normalised space ([-1, 1] per dimension,
+    # grippers as they are), trained by mean squared error -- the regression S-est learned from (rows S-est and
+    # C1 in docs/policy_experiments.md); predict_tokens() then encodes the actions on the grid.
+    action_output: str = "tokens"
     # False freezes the keypoint encoder and its readout (a second stage on perception trained before, see
     # `vla train --perception-from`); with the MLP head, training then runs on cached position estimates.
     perception_trainable: bool = True
@@ -148,6 +154,9 @@ class PolicyConfig:
                "vision_tokens is false (the MLP reads the keypoint readout's positions, not patch tokens)")
         _check(self.token_decoding in TOKEN_DECODINGS, "token_decoding", self.token_decoding,
                f"one of {TOKEN_DECODINGS}")
+        _check(self.action_output in ACTION_OUTPUTS, "action_output", self.action_output, f"one of {ACTION_OUTPUTS}")
+        _check(self.action_output == "tokens" or self.action_head == "mlp", "action_output", self.action_output,
+               "'tokens' unless action_head is 'mlp' (the transformer's queries decode grid tokens)")
         _check(self.mlp_instruction in MLP_INSTRUCTIONS, "mlp_instruction", self.mlp_instruction,
                f"one of {MLP_INSTRUCTIONS}")
         _check(self.mlp_instruction == "text" or self.action_head == "mlp", "mlp_instruction", self.mlp_instruction,

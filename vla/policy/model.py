@@ -10,7 +10,8 @@ a conv stem that finds small things the 16 px patches cannot, the default model'
 
 With `action_head="mlp"` there is no token sequence: an MLP maps [proprio state, the keypoint readout's position
 estimates, the instruction (the mean text-tower token, or its match to the training instructions:
-vla.policy.instructions)] to the T*G head inputs (the recipe the experiments found to learn the actions from 20
+vla.policy.instructions)] to the T*G head inputs, or (`action_output: continuous`) straight to the chunk of
+normalised actions, trained by regression (the recipe the experiments found to learn the actions from 20
 demonstrations per task; docs/policy_experiments.md). Training it on frozen perception runs on cached estimates
 (`vla.policy.data.PositionCache`).
 
@@ -44,6 +45,7 @@ from vla.policy.keypoints import FEATURES as KEYPOINT_FEATURES
 from vla.policy.keypoints import KeypointEncoder, KeypointReadout
 
 TEXT_CACHE_SIZE = 256
+POSITION_CLAMP = 2.0  # metres: estimates beyond this are wrong keypoints, not positions
 
 
 def synthetic_grid(config: PolicyConfig, n: int = 4096, seed: int = 0) -> ActionGrid:
@@ -112,7 +114,8 @@ class VLAPolicy(nn.Module):
             else AttentionBlock(W, config.heads, ffn_mult=config.ffn_mult)
             for kind in config.layers
         ))
-        self.heads = nn.ModuleList(nn.Linear(W, v) for v in action_grid.vocab_sizes)
+        continuous = config.action_output == "continuous"  # the MLP regresses actions: no token heads
+        self.heads = nn.ModuleList(() if continuous else (nn.Linear(W, v) for v in action_grid.vocab_sizes))
         # Training-time auxiliary readout (config.privileged_dim): unused by predict().
         self.privileged_head = nn.Linear(W, config.privileged_dim) if config.privileged_dim and not config.keypoints \
             else None
@@ -151,12 +154,14 @@ class VLAPolicy(nn.Module):
             self.action_mlp = nn.Sequential(
                 nn.Linear(config.state_dim + config.privileged_dim + n_text, Hm), nn.ReLU(),
                 nn.Linear(Hm, Hm), nn.ReLU(), nn.Linear(Hm, Hm), nn.ReLU(),
-                nn.Linear(Hm, config.chunk_len * config.n_groups * W))
+                nn.Linear(Hm, config.chunk_len * (config.action_dim if continuous else config.n_groups * W)))
+            # inputs standardised by the statistics of the readout's estimates (set_position_stats); policies
+            # trained before they existed read the true positions' statistics, as they were trained to
             ps = self.stats.get("privileged", {})
-            self.register_buffer("position_mean", torch.tensor(ps.get("mean", [0.0] * config.privileged_dim),
-                                                               dtype=torch.float32), persistent=False)
-            self.register_buffer("position_std", torch.tensor(ps.get("global_std", [1.0] * config.privileged_dim),
-                                                              dtype=torch.float32), persistent=False)
+            mean = ps.get("estimate_mean", ps.get("mean", [0.0] * config.privileged_dim))
+            std = ps.get("estimate_std", ps.get("global_std", [1.0] * config.privileged_dim))
+            self.register_buffer("position_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+            self.register_buffer("position_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         mean = torch.tensor(clip.model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073))
         std = torch.tensor(clip.model.visual.image_std or (0.26862954, 0.26130258, 0.27577711))
         self.register_buffer("pixel_mean", (mean * 255).view(1, 3, 1, 1), persistent=False)
@@ -353,6 +358,17 @@ class VLAPolicy(nn.Module):
             out.append(maps)
         return out[0] if len(out) == 1 else tuple(out)
 
+    def set_position_stats(self, estimates: torch.Tensor) -> None:
+        """Standardise the MLP head's position inputs by the mean and std of the readout's own estimates
+        (N, privileged_dim) -- what the head reads -- rather than of the true positions (vla train does this on the
+        position cache). Kept in stats["privileged"], so a saved policy reads its inputs the same way."""
+        est = estimates.detach().float().clamp(-POSITION_CLAMP, POSITION_CLAMP)
+        mean, std = est.mean(0), est.std(0).clamp_min(1e-3)
+        ps = self.stats.setdefault("privileged", {})
+        ps["estimate_mean"], ps["estimate_std"] = mean.tolist(), std.tolist()
+        self.position_mean.copy_(mean)
+        self.position_std.copy_(std)
+
     def estimate_positions(self, rgb: torch.Tensor, depth: torch.Tensor | None = None,
                            intrinsics: torch.Tensor | None = None, has_depth: torch.Tensor | None = None,
                            heatmaps: bool = False):
@@ -366,7 +382,8 @@ class VLAPolicy(nn.Module):
 
     def _forward_mlp(self, rgb, state, instructions, depth, intrinsics, has_depth, privileged, heatmaps,
                      positions):
-        """forward() for action_head "mlp": positions from the keypoints (or given) -> MLP -> per group logits."""
+        """forward() for action_head "mlp": positions from the keypoints (or given) -> MLP -> per group logits
+        (or, action_output "continuous", the (B, T, action_dim) chunk in the grid's normalised space)."""
         maps = None
         if positions is None:
             if rgb is None:
@@ -382,10 +399,13 @@ class VLAPolicy(nn.Module):
             m = text_mask[..., None].to(text.dtype)
             instruction = self.text_proj((text * m).sum(1) / m.sum(1).clamp_min(1))  # (B, W): mean token
         # detached: the readout learns positions from its own loss, not from the actions
-        pos = (positions.detach().float().clamp(-2.0, 2.0) - self.position_mean) / self.position_std
+        pos = (positions.detach().float().clamp(-POSITION_CLAMP, POSITION_CLAMP) - self.position_mean) / self.position_std
         h = self.action_mlp(torch.cat([state.float(), pos, instruction.float()], dim=-1))
-        h = h.reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
-        out = [[head(h[:, :, g]) for g, head in enumerate(self.heads)]]
+        if cfg.action_output == "continuous":
+            out = [h.reshape(B, cfg.chunk_len, cfg.action_dim)]  # normalised actions (ActionGrid.normalize)
+        else:
+            h = h.reshape(B, cfg.chunk_len, cfg.n_groups, -1)  # (B, T, G, W)
+            out = [[head(h[:, :, g]) for g, head in enumerate(self.heads)]]
         if privileged:
             out.append(positions)
         if heatmaps:
@@ -399,11 +419,18 @@ class VLAPolicy(nn.Module):
 
     @torch.inference_mode()
     def predict_tokens(self, obs: dict[str, Any]) -> torch.Tensor:
+        """(B, T, G) grid tokens; a continuous-output policy's actions encoded on its grid."""
+        if self.config.action_output == "continuous":
+            return self.action_grid.encode(torch.from_numpy(self.predict(obs)))
         return self.tokens_from_logits(self(**self.prepare(obs)))
 
     def predict(self, obs: dict[str, Any]) -> np.ndarray:
         """Observation batch -> (B, T, action_dim) float32 actions in the raw (un-normalised) action space,
-        decoded as `config.token_decoding` says."""
+        decoded as `config.token_decoding` says (or regressed: `action_output` "continuous")."""
+        if self.config.action_output == "continuous":
+            with torch.inference_mode():
+                normalised = self(**self.prepare(obs)).float().cpu()
+            return self.action_grid.unnormalize(normalised.numpy()).astype(np.float32)
         if self.config.token_decoding == "expectation":
             with torch.inference_mode():
                 logits = self(**self.prepare(obs))
