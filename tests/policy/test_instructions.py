@@ -103,3 +103,25 @@ def test_paraphrases_of_a_task_share_one_weight(clip):
     assert InstructionVocab.from_dict(vocab.to_dict()).groups == vocab.groups
     with pytest.raises(UserError, match="one group"):
         InstructionVocab(["a", "b"], {}, groups=["x"])
+
+
+def test_the_head_matches_each_instruction_once_and_reuses_it(monkeypatch):
+    cfg = PolicyConfig.tiny(keypoints=4, privileged_dim=6, vision_tokens=False, ego3d=False, action_head="mlp",
+                            mlp_width=32, mlp_instruction="match")
+    policy = VLAPolicy.from_config(cfg, stats=dict(VLAPolicy.from_config(PolicyConfig.tiny()).stats,
+                                                   instructions=TRAIN))
+    policy.train()  # training too: the match has no gradient, and the word embeddings are frozen
+    texts = ["open the drawer", "hit the red one", "open the drawer"]
+    state, pos = torch.zeros(3, 4), torch.zeros(3, 6)
+    first = policy(None, state, texts, positions=pos)[0]
+    expected = policy.instruction_vocab.match(texts, policy.clip)
+    torch.testing.assert_close(torch.stack([policy._match_cache[t] for t in texts]), expected)
+
+    def boom(*a, **k):
+        raise AssertionError("matched again")
+
+    monkeypatch.setattr(policy.instruction_vocab, "match", boom)
+    torch.testing.assert_close(policy(None, state, texts, positions=pos)[0], first)
+    policy.eval()  # a mode change clears the cache: the next call matches afresh
+    with pytest.raises(AssertionError, match="matched again"):
+        policy(None, state, texts, positions=pos)

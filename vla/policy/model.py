@@ -167,6 +167,7 @@ class VLAPolicy(nn.Module):
         self.register_buffer("pixel_mean", (mean * 255).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", (std * 255).view(1, 3, 1, 1), persistent=False)
         self._text_cache: collections.OrderedDict = collections.OrderedDict()
+        self._match_cache: collections.OrderedDict = collections.OrderedDict()  # instruction -> task weights
         self.clip.eval()
 
     # --- construction ------------------------------------------------------------------------------------
@@ -220,14 +221,17 @@ class VLAPolicy(nn.Module):
         super().train(mode)
         self.clip.eval()  # no dropout/batch-norm in the CLIP towers; keep them deterministic
         self._text_cache.clear()  # weights may change from here on
+        self._match_cache.clear()
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._text_cache.clear()
+        self._match_cache.clear()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, *args, **kwargs):
         self._text_cache.clear()  # .to(device) / .half(): cached tokens would be on the old device/dtype
+        self._match_cache.clear()
         return super()._apply(*args, **kwargs)
 
     def reset(self, env_ids=None) -> None:
@@ -258,19 +262,12 @@ class VLAPolicy(nn.Module):
 
         Each distinct instruction runs the text tower once; in eval mode results are cached (the same few
         instructions recur at every control step)."""
-        use_cache = not self.training and not torch.is_grad_enabled()
-        todo = [t for t in dict.fromkeys(instructions) if not (use_cache and t in self._text_cache)]
-        fresh = {}
-        if todo:
+        def encode(todo: list[str]) -> list[torch.Tensor]:
             out = self.prompt.encode_texts(todo)
-            n = out.mask.sum(1).tolist()
-            fresh = {t: out.tokens[i, : n[i]] for i, t in enumerate(todo)}  # (L_i, Wt)
-            if use_cache:
-                for t, v in fresh.items():
-                    self._text_cache[t] = v
-                while len(self._text_cache) > TEXT_CACHE_SIZE:
-                    self._text_cache.popitem(last=False)
-        rows = [fresh[t] if t in fresh else self._text_cache[t] for t in instructions]
+            return [out.tokens[i, :n] for i, n in enumerate(out.mask.sum(1).tolist())]  # (L_i, Wt)
+
+        use_cache = not self.training and not torch.is_grad_enabled()
+        rows = _cached(self._text_cache, instructions, encode, use_cache)
         L = max(r.shape[0] for r in rows)
         tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, L, Wt)
         lengths = torch.tensor([r.shape[0] for r in rows], device=tokens.device)
@@ -393,7 +390,12 @@ class VLAPolicy(nn.Module):
             raise UserError("heatmaps=True needs images, not cached positions")
         B, cfg = state.shape[0], self.config
         if self.instruction_vocab is not None:  # soft match to the training instructions
-            instruction = self.instruction_vocab.match(list(instructions), self.clip, self.instruction_ref)
+            def match(todo: list[str]) -> list[torch.Tensor]:
+                return list(self.instruction_vocab.match(todo, self.clip, self.instruction_ref))
+
+            # a fixed function of the words (no gradient): cached unless the word embeddings train
+            frozen = not self.clip._text.token_embedding.weight.requires_grad
+            instruction = torch.stack(_cached(self._match_cache, list(instructions), match, frozen))
         else:
             text, text_mask = self._text(instructions)  # (B, L, Wt), (B, L)
             m = text_mask[..., None].to(text.dtype)
@@ -468,6 +470,18 @@ class VLAPolicy(nn.Module):
         """Raise UserError if `text` cannot be encoded (empty, or longer than the text tower's context)."""
         if text not in self._text_cache:
             self.prompt.check_texts([text])
+
+
+def _cached(cache: collections.OrderedDict, keys: list[str], compute, use_cache: bool) -> list[torch.Tensor]:
+    """compute(distinct keys not in the cache) -> one tensor per key; each distinct key computed once per call,
+    kept in `cache` (the most recent TEXT_CACHE_SIZE) when use_cache. Returns one tensor per key, in order."""
+    todo = [k for k in dict.fromkeys(keys) if not (use_cache and k in cache)]
+    fresh = dict(zip(todo, compute(todo))) if todo else {}
+    if use_cache:
+        cache.update(fresh)
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+    return [fresh[k] if k in fresh else cache[k] for k in keys]
 
 
 def _has_param(module: nn.Module, name: str) -> bool:
