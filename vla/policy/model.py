@@ -401,7 +401,8 @@ class VLAPolicy(nn.Module):
             m = text_mask[..., None].to(text.dtype)
             instruction = self.text_proj((text * m).sum(1) / m.sum(1).clamp_min(1))  # (B, W): mean token
         # detached: the readout learns positions from its own loss, not from the actions
-        pos = (positions.detach().float().clamp(-POSITION_CLAMP, POSITION_CLAMP) - self.position_mean) / self.position_std
+        pos = positions.detach().float().clamp(-POSITION_CLAMP, POSITION_CLAMP)
+        pos = (pos - self.position_mean) / self.position_std
         h = self.action_mlp(torch.cat([state.float(), pos, instruction.float()], dim=-1))
         if cfg.action_output == "continuous":
             out = [h.reshape(B, cfg.chunk_len, cfg.action_dim)]  # normalised actions (ActionGrid.normalize)
