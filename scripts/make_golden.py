@@ -39,6 +39,8 @@ IMAGE_SIZE = 128  # the simulator's default: the policy resizes to its 112 px in
 # committed model (2-core x86 CPU): another thread count or a batch of three instead of one moves them by under
 # 1e-3 of that tolerance (float32 reduction order); dropping Ego3D from forward moves them by 64x the tolerance,
 # zeroing the learned camera embedding by 7x, the no-depth embedding by 3x.
+# The same tolerance holds a regressing head's normalised output (|output| < 3 on the committed model): scaling
+# its position-input std by 1% moves that output by 12x the tolerance (2026-12-02).
 LOGITS_ATOL, LOGITS_RTOL = 2e-3, 1e-3
 
 
@@ -84,10 +86,16 @@ def policy_inputs(stored: dict) -> dict:
 
 
 def run_policy(policy, obs: dict) -> dict:
-    """Logits per group, tokens and the decoded chunk for one observation batch."""
+    """Logits per group, tokens and the decoded chunk for one observation batch; for a head that regresses the
+    chunk (action_output "continuous"), its normalised output instead of logits and `predict`'s chunk."""
     import numpy as np
     import torch
 
+    if policy.config.action_output == "continuous":
+        with torch.inference_mode():
+            normalised = policy(**policy.prepare(obs)).float().numpy()  # (B, T, action_dim) in [-1, 1]
+        return {"normalised": normalised, "logits": [], "tokens": policy.predict_tokens(obs).numpy(),
+                "actions": policy.predict(obs)}
     with torch.inference_mode():
         logits = policy(**policy.prepare(obs))  # per group (B, T, vocab_g)
     tokens = policy.tokens_from_logits(logits)  # (B, T, G)
@@ -121,6 +129,8 @@ def main() -> int:
             top2 = np.sort(lg, axis=-1)[..., -2:]
             margin = float((top2[..., 1] - top2[..., 0]).min())
             print(f"{name}: {g} logits in [{lg.min():.2f}, {lg.max():.2f}], smallest top-1 margin {margin:.4f}")
+        if "normalised" in out:
+            tensors[f"{name}.normalised"] = torch.from_numpy(out["normalised"])
         tensors[f"{name}.tokens"] = torch.from_numpy(out["tokens"])
         tensors[f"{name}.actions"] = torch.from_numpy(out["actions"])
         records.append({"name": name, "task": task, "seed": seed, "instructions": split, "steps": steps,

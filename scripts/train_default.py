@@ -8,10 +8,11 @@ CLIP pre-training and policy training from their last checkpoint): kill it and r
 used when present (CLIP pre-training, policy training, evaluation); `WORK/summary.json` collects stage times,
 sizes and results, `WORK/timings.json` the wall seconds per stage (summed over resumed runs).
 
-The default model has two policy stages (docs/policy_experiments.md, rows E7 and M2): `policy` trains the keypoint
+The default model has two policy stages (docs/policy_experiments.md, rows E7 and C2): `policy` trains the keypoint
 perception (heatmap cross-entropy at the object / goal projections, a position readout) under a token head;
 `head` copies that perception, freezes it, caches its position estimates for every frame and trains an MLP action
-head on [proprio, estimates, the instruction matched to the training instructions] (`vla train --perception-from`).
+head on [proprio, estimates, the instruction matched to the training instructions] that regresses the action
+chunk (`vla train --perception-from`).
 
 Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 and 2026-12-01):
     collection   ~40 ms CPU per env step (128 px RGB-D render + expert), 2 workers: 17-25 steps/s wall;
@@ -89,11 +90,12 @@ class DaggerRound:
     lr: float = 1e-4
 
 
-# The default model's two stages (docs/policy_experiments.md rows E7, M2): keypoint perception trained with the
-# heatmap loss and a token head, then an MLP action head on its frozen position estimates, reading the
-# instruction as a match to the training instructions.
+# The default model's two stages (docs/policy_experiments.md rows E7, M3, C2): keypoint perception trained with
+# the heatmap loss and a token head, then an MLP action head on its frozen position estimates (standardised by
+# their own statistics), reading the instruction as a match to the training instructions and regressing the
+# chunk of actions.
 KEYPOINT_POLICY = dict(privileged_dim=9, keypoints=32, vision_tokens=False, ego3d=False, keypoint_positions=True)
-MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match", token_decoding="expectation")
+MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match", action_output="continuous")
 
 PRESETS = {
     # The committed default model.

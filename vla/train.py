@@ -445,7 +445,7 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
         if done % tc.save_every == 0 or done == tc.steps:
             if rank == 0:
                 save_training_checkpoint(ckpt, policy, optimizer, done, tc)
-                plot_losses(metrics_path, out / "loss.png")
+                plot_losses(metrics_path, out / "loss.png", action_loss_label(policy.config))
             if world > 1:
                 dist.barrier()
         if on_step is not None and rank == 0:
@@ -454,12 +454,16 @@ def train(config: PolicyConfig, dataset: PolicyDataset, out_dir: str | os.PathLi
     if rank == 0:
         policy.config.model_version = f"trained-{tc.steps}steps"
         policy.eval().save(out / "policy")
-        plot_losses(metrics_path, out / "loss.png")
+        plot_losses(metrics_path, out / "loss.png", action_loss_label(policy.config))
     return {"steps": tc.steps, "start_step": start, "world_size": world, "param_count": policy.param_count,
             "last": rec, "out": str(out)}
 
 
-def plot_losses(metrics_path: Path, png: Path) -> None:
+def action_loss_label(config: PolicyConfig) -> str:
+    return "loss (squared error / step)" if config.action_output == "continuous" else "loss (CE / token)"
+
+
+def plot_losses(metrics_path: Path, png: Path, loss_label: str = "loss (CE / token)") -> None:
     """Loss and token accuracy against step (matplotlib Agg, written atomically)."""
     recs = read_jsonl(metrics_path)
     if not recs:
@@ -471,7 +475,7 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
 
     steps = [r["step"] for r in recs]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["loss"] for r in recs], label="loss (CE / token)")
+    ax.plot(steps, [r["loss"] for r in recs], label=loss_label)
     if any("privileged_loss" in r for r in recs):
         keypoints = any("heatmap_ce" in r for r in recs)
         ax.plot(steps, [r.get("privileged_loss", float("nan")) for r in recs], color="tab:green",

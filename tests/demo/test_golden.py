@@ -92,6 +92,13 @@ def test_golden_observation_gives_golden_logits_and_chunk(policy, rec):
     with torch.inference_mode():
         logits = policy(**policy.prepare(obs))
     atol, rtol = float(META["logits_atol"]), float(META["logits_rtol"])
+    if policy.config.action_output == "continuous":  # the head regresses the chunk: its output, then predict()
+        want = DATA[f"{name}.normalised"]
+        np.testing.assert_allclose(logits.float().numpy(), want, rtol=rtol, atol=atol, err_msg=f"{name}: output")
+        span = policy.action_grid.q_high - policy.action_grid.q_low  # [-1, 1] -> actions scales by span / 2
+        np.testing.assert_allclose(policy.predict(obs), DATA[f"{name}.actions"], rtol=0,
+                                   atol=float((atol + rtol) * max(1.0, span.max() / 2)) + 1e-5)
+        return
     groups = json.loads(META["groups"])
     assert groups == [g.name for g in policy.action_grid.groups]
     exact = np.ones(DATA[f"{name}.tokens"].shape, bool)  # (1, T, G): tokens whose top-1 margin exceeds the tolerance
