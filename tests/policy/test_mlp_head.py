@@ -186,13 +186,13 @@ def test_expectation_decoding_lies_between_bins_and_meets_argmax_on_peaked_logit
 
 
 def _unnormalise_np(y, grid):
-    """numpy reference of the grid's [-1, 1] -> action mapping (q01/q99 per dimension; grippers raw)."""
+    """numpy reference of the grid's [-1, 1] -> action mapping (q01/q99 per dimension; grippers clipped to theirs)."""
     lo, hi = grid.q_low, grid.q_high
     grip = np.zeros(grid.action_dim, bool)
     for g in grid.groups:
         if g.kind == "gripper":
             grip[list(g.dims)] = True
-    return np.where(grip, y, (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo)
+    return np.where(grip, np.clip(y, lo, hi), (np.clip(y, -1, 1) + 1) / 2 * (hi - lo) + lo)
 
 
 def test_continuous_output_regresses_the_chunk_and_encodes_tokens_on_the_grid():
@@ -200,10 +200,13 @@ def test_continuous_output_regresses_the_chunk_and_encodes_tokens_on_the_grid():
     assert len(policy.heads) == 0  # no per-group token heads are built
     obs = _obs()
     with torch.no_grad():
+        policy.action_mlp[-1].bias[3::4].fill_(5.0)  # the gripper command overshoots its range: predict clips it
         out = policy(**policy.prepare(obs))
     assert tuple(out.shape) == (3, policy.config.chunk_len, policy.config.action_dim)
+    assert (out[..., 3] > 1).any()
     actions = policy.predict(obs)
     assert actions.dtype == np.float32
+    assert (actions[..., 3] <= policy.action_grid.q_high[3]).all()
     np.testing.assert_allclose(actions, _unnormalise_np(out.double().numpy(), policy.action_grid), atol=1e-5)
     np.testing.assert_array_equal(policy.predict_tokens(obs).numpy(), policy.action_grid.encode(actions))
 

@@ -89,7 +89,7 @@ class PolicyConfig:
     # What the MLP head outputs. "tokens": per-group logits over the action grid's bins (cross-entropy, decoded by
     # token_decoding). "continuous": the chunk of actions in the grid's normalised space ([-1, 1] per dimension,
     # grippers as they are), trained by mean squared error -- the regression S-est learned from (rows S-est and
-    # C1 in docs/policy_experiments.md); predict_tokens() then encodes the actions on the grid.
+    # C2 in docs/policy_experiments.md); predict_tokens() then encodes the actions on the grid.
     action_output: str = "tokens"
     # False freezes the keypoint encoder and its readout (a second stage on perception trained before, see
     # `vla train --perception-from`); with the MLP head, training then runs on cached position estimates.

@@ -433,7 +433,13 @@ class VLAPolicy(nn.Module):
         if self.config.action_output == "continuous":
             with torch.inference_mode():
                 normalised = self(**self.prepare(obs)).float().cpu()
-            return self.action_grid.unnormalize(normalised.numpy()).astype(np.float32)
+            grid = self.action_grid
+            actions = grid.unnormalize(normalised.numpy())  # clipped to the data's range; grippers raw:
+            for g in grid.groups:  # a regressed gripper command can overshoot, so clip it to its range too
+                if g.kind == "gripper":
+                    d = list(g.dims)
+                    actions[..., d] = np.clip(actions[..., d], grid.q_low[d], grid.q_high[d])
+            return actions.astype(np.float32)
         if self.config.token_decoding == "expectation":
             with torch.inference_mode():
                 logits = self(**self.prepare(obs))
