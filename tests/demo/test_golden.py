@@ -1,5 +1,6 @@
 """The committed default model: loads, its config round-trips, and stored observations still give the stored
-logits (within the tolerance stored beside them) and action chunks. Guards against accidental changes to the model
+logits (within the tolerance stored beside them) and action chunks -- for a head that regresses the chunk, its
+normalised output instead of logits. Guards against accidental changes to the model
 code: a pathway dropped from `forward` moves the logits even where the decoded bins happen to stay.
 
 Regenerate with `python scripts/make_golden.py` only after retraining the model; a golden file older than the
