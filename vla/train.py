@@ -331,11 +331,11 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
     loss_sum = torch.zeros((), device=tokens.device)
     correct = torch.zeros((), device=tokens.device)
     n_tokens = mask.sum().float() * tokens.shape[-1]
-    if policy.config.action_output == "continuous":  # squared error in the grid's [-1, 1] space
+    if policy.config.action_output == "continuous":  # squared error in the grid's [-1, 1] space, per valid step
         grid = policy.action_grid
         target = grid.normalize(batch["actions"].to(tokens.device)).float()
         se = ((logits.float() - target) ** 2).mean(-1)  # (B, T): the mean over action dimensions
-        loss_sum = (se * mask).sum() * tokens.shape[-1]  # / n_tokens below: the mean per valid step
+        loss_sum, n_loss = (se * mask).sum(), mask.sum().float()
         with torch.no_grad():  # token accuracy: the regressed action falls in the expert's bin
             correct = ((grid.encode(grid.unnormalize(logits.detach().double())) == tokens) & mask[..., None]).sum()
     else:  # cross-entropy per valid (step, group) token
@@ -343,12 +343,13 @@ def compute_loss(model, policy, batch: dict[str, Any], world: int,
             ce = F.cross_entropy(lg.float().flatten(0, 1), tokens[..., g].flatten(), reduction="none")
             loss_sum = loss_sum + (ce.view(mask.shape) * mask).sum()
             correct = correct + ((lg.argmax(-1) == tokens[..., g]) & mask).sum()
-    totals = torch.stack([loss_sum.detach(), correct.float(), n_tokens])
+        n_loss = n_tokens
+    totals = torch.stack([loss_sum.detach(), correct.float(), n_loss, n_tokens])
     if world > 1:
         dist.all_reduce(totals)
     count = totals[2].clamp_min(1)
     loss = loss_sum / count * world
-    rec = {"loss": float(totals[0] / count), "token_acc": float(totals[1] / count)}
+    rec = {"loss": float(totals[0] / count), "token_acc": float(totals[1] / totals[3].clamp_min(1))}
     if aux is not None:
         loss = loss + privileged_weight * aux
         rec["privileged_loss"] = float(aux.detach())  # this rank's rows
