@@ -69,7 +69,7 @@ if variant.startswith("nn"):  # softmax over the training instructions by IDF wo
     ref = idf_feat(train_instr)
     text_feat = lambda texts: torch.softmax(idf_feat(texts) @ ref.T / float(os.environ.get("NN_TEMP", "0.02")), dim=-1)
 if variant.startswith("match"):  # the policy's InstructionVocab match, summed per task (M3's code)
-    text_feat = lambda texts: pol.instruction_vocab.match(list(texts), pol.clip, pol.instruction_ref).float()
+    text_feat = lambda texts: pol.instruction_match(list(texts)).float()
 uniq = sorted(set(instr)); tf = dict(zip(uniq, text_feat(uniq)))
 def cond(tids, texts):
     if variant.startswith("onehot"):

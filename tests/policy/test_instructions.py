@@ -125,3 +125,27 @@ def test_the_head_matches_each_instruction_once_and_reuses_it(monkeypatch):
     policy.eval()  # a mode change clears the cache: the next call matches afresh
     with pytest.raises(AssertionError, match="matched again"):
         policy(None, state, texts, positions=pos)
+
+
+def test_a_loaded_policy_matches_with_its_own_word_embeddings(tmp_path):
+    # load_policy builds the policy with random weights before loading its own: the training instructions'
+    # reference embeddings must come from the loaded word embeddings, not from that random start
+    cfg = PolicyConfig.tiny(keypoints=4, privileged_dim=6, vision_tokens=False, ego3d=False, action_head="mlp",
+                            mlp_width=32, mlp_instruction="match")
+    policy = VLAPolicy.from_config(cfg, stats=dict(VLAPolicy.from_config(PolicyConfig.tiny()).stats,
+                                                   instructions=TRAIN))
+    with torch.no_grad():  # as if the words had been trained: embeddings unlike any random start
+        table = policy.clip._text.token_embedding.weight
+        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(7)))
+    policy.save(tmp_path / "p")
+    loaded = VLAPolicy.load(tmp_path / "p")
+    seen = []
+    loaded.action_mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    texts = ["shut the drawer", "hit the red one", "press the drawer", "open the red drawer"]
+    with torch.no_grad():
+        loaded(None, torch.zeros(4, 4), texts, positions=torch.zeros(4, 6))
+    temperature = loaded.instruction_vocab.temperature
+    expected = np.stack([_numpy_match(loaded.clip, TRAIN, t, temperature) for t in texts])
+    np.testing.assert_allclose(seen[0][:, -len(TRAIN):].numpy(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded.instruction_match(texts), torch.from_numpy(expected).float(),
+                               rtol=1e-4, atol=1e-5)

@@ -149,7 +149,6 @@ class VLAPolicy(nn.Module):
                                     ", written by vla train from the dataset)")
                 texts, groups = (known, None) if isinstance(known, list) else (known["texts"], known.get("groups"))
                 vocab = self.instruction_vocab = InstructionVocab.fit(texts, clip, groups=groups)
-                self.register_buffer("instruction_ref", vocab.embed(vocab.texts, clip), persistent=False)
                 n_text = len(vocab.group_names)  # one weight per task (per instruction for older stats)
             self.action_mlp = nn.Sequential(
                 nn.Linear(config.state_dim + config.privileged_dim + n_text, Hm), nn.ReLU(),
@@ -168,6 +167,7 @@ class VLAPolicy(nn.Module):
         self.register_buffer("pixel_std", (std * 255).view(1, 3, 1, 1), persistent=False)
         self._text_cache: collections.OrderedDict = collections.OrderedDict()
         self._match_cache: collections.OrderedDict = collections.OrderedDict()  # instruction -> task weights
+        self._instruction_ref: torch.Tensor | None = None  # training instructions embedded (instruction_match)
         self.clip.eval()
 
     # --- construction ------------------------------------------------------------------------------------
@@ -221,18 +221,37 @@ class VLAPolicy(nn.Module):
         super().train(mode)
         self.clip.eval()  # no dropout/batch-norm in the CLIP towers; keep them deterministic
         self._text_cache.clear()  # weights may change from here on
-        self._match_cache.clear()
+        self._clear_match()
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._text_cache.clear()
-        self._match_cache.clear()
+        self._clear_match()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, *args, **kwargs):
         self._text_cache.clear()  # .to(device) / .half(): cached tokens would be on the old device/dtype
-        self._match_cache.clear()
+        self._clear_match()
         return super()._apply(*args, **kwargs)
+
+    def _clear_match(self) -> None:
+        """Forget the matches and the reference embeddings: the word embeddings they come from may change
+        (training, load_state_dict -- a policy is built with random weights before its own are loaded)."""
+        self._match_cache.clear()
+        self._instruction_ref = None
+
+    def instruction_match(self, instructions: list[str]) -> torch.Tensor:
+        """(B, tasks) soft match of each instruction to the training instructions, from the current word
+        embeddings; a fixed function of them (no gradient), so cached unless they train."""
+        vocab = self.instruction_vocab
+        frozen = not self.clip._text.token_embedding.weight.requires_grad
+        if self._instruction_ref is None or not frozen:
+            self._instruction_ref = vocab.embed(vocab.texts, self.clip)
+
+        def match(todo: list[str]) -> list[torch.Tensor]:
+            return list(vocab.match(todo, self.clip, self._instruction_ref))
+
+        return torch.stack(_cached(self._match_cache, list(instructions), match, frozen))
 
     def reset(self, env_ids=None) -> None:
         """No per-environment memory in the model (chunk ensembling lives in sim.chunking / the server)."""
@@ -390,12 +409,7 @@ class VLAPolicy(nn.Module):
             raise UserError("heatmaps=True needs images, not cached positions")
         B, cfg = state.shape[0], self.config
         if self.instruction_vocab is not None:  # soft match to the training instructions
-            def match(todo: list[str]) -> list[torch.Tensor]:
-                return list(self.instruction_vocab.match(todo, self.clip, self.instruction_ref))
-
-            # a fixed function of the words (no gradient): cached unless the word embeddings train
-            frozen = not self.clip._text.token_embedding.weight.requires_grad
-            instruction = torch.stack(_cached(self._match_cache, list(instructions), match, frozen))
+            instruction = self.instruction_match(instructions)
         else:
             text, text_mask = self._text(instructions)  # (B, L, Wt), (B, L)
             m = text_mask[..., None].to(text.dtype)
