@@ -25,10 +25,13 @@ Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 and 2026
     evaluation   10 tasks x 20 held-out seeds, <= 500 steps, horizon 2: ~28 min (~45 env steps/s with 2 workers);
                  the expert on the same seeds ~ 8 min
     total        ~15 + 10 + 1 + 28 + 11 + 36 = ~100 min, under the 3 h budget
-DAgger rounds (`--preset dagger`, on the patch-token policy): the previous round's policy drives on new seeds (beta:
-probability per step of executing the expert instead), the expert labels every visited state, and training
-continues from that policy on the union of the expert demonstrations and every round so far (`sim.collect`,
-`vla train --init`); each round is two resumable stages, collect and train. Measured in docs/policy_experiments.md.
+DAgger rounds: the previous round's policy drives on new seeds (beta: probability per step of executing the expert
+instead; a round may roll out on a few weak tasks only), the expert labels every visited state, and the next policy
+trains on the union of the expert demonstrations and every round so far (`sim.collect`): a fresh action head on the
+frozen perception for presets with a head stage (minutes on cached estimates), else training continues from the
+previous policy (`--preset dagger`, the patch-token policy, `vla train --init`). Each round is two resumable
+stages, collect and train. A head stage may also see more expert demonstrations than the perception stage
+(`head_episodes`, stage `collect-head`). Measured in docs/policy_experiments.md.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class Preset:
     head_steps: int = 3000
     head_batch: int = 256
     head_lr: float = 1e-3
+    # More expert demonstrations per task for the head stage alone (seeds HEAD_SEED_START+, WORK/data_head): the
+    # head trains on cached estimates in minutes, so it can use layouts the perception stage never saw (row D1).
+    head_episodes: int = 0
     save_every: int = 250
     clip_model: str = "vla-small"
     clip_steps: int = 300
@@ -88,6 +94,7 @@ class DaggerRound:
     steps: int  # training steps on the union, continuing from the driver
     max_steps: int = 200  # rollout limit: a student stuck for longer adds near-duplicate states
     lr: float = 1e-4
+    tasks: tuple[str, ...] = ()  # the round's rollouts on these tasks only (the weakest); () = the preset's
 
 
 # The default model's two stages (docs/policy_experiments.md rows E7, M3, C2): keypoint perception trained with
@@ -112,9 +119,12 @@ PRESETS = {
                     policy={**KEYPOINT_POLICY, "keypoints": 4}, head={**MLP_HEAD, "mlp_width": 32}, head_steps=4,
                     head_batch=8, policy_batch=8, save_every=3, clip_model="vla-tiny", clip_steps=4, clip_batch=8,
                     coop_shots=2, coop_epochs=5, scene_seeds=2, eval_episodes=1, eval_max_steps=30,
-                    expert_eval=False, workers=1,
-                    dagger=(DaggerRound(episodes=1, beta=0.5, steps=4, max_steps=10, lr=1e-4),)),
+                    expert_eval=False, workers=1, head_episodes=1,
+                    dagger=(DaggerRound(episodes=1, beta=0.5, steps=4, max_steps=10, lr=1e-4, tasks=("reach-v3",)),)),
 }
+
+
+HEAD_SEED_START = 100  # first seed of the head stage's extra demonstrations (the first stage's are 0, 1, ...)
 
 
 class Pipeline:
@@ -144,6 +154,9 @@ class Pipeline:
         w = self.work
         w.mkdir(parents=True, exist_ok=True)
         self.stage("collect", w / "data" / "done.json", self.collect)
+        if self.p.head_episodes:
+            self.stage("collect-head", w / "data_head" / "done.json",
+                       lambda: self.collect_expert(w / "data_head", self.p.head_episodes, HEAD_SEED_START))
         self.stage("clip", w / "clip" / "clip.safetensors", self.clip)
         self.stage("coop", w / "coop" / "done.json", self.coop)
         self.stage("policy", w / "policy" / "policy" / "config.json", self.policy)
@@ -160,16 +173,19 @@ class Pipeline:
 
     # --- stages ------------------------------------------------------------------------------------------
     def collect(self) -> None:
+        self.collect_expert(self.work / "data", self.p.episodes, 0)
+
+    def collect_expert(self, out: Path, episodes: int, seed_start: int) -> None:
         from sim.collect import CollectConfig, collect
         from vla.files import write_json_atomic
 
         p = self.p
-        m = collect(CollectConfig(tasks=p.tasks, episodes=p.episodes, out=str(self.work / "data"),
-                                  workers=p.workers), progress=self.progress)
-        short = {t: v["episodes"] for t, v in m["tasks"].items() if v["episodes"] < p.episodes}
+        m = collect(CollectConfig(tasks=p.tasks, episodes=episodes, out=str(out), workers=p.workers,
+                                  seed_start=seed_start), progress=self.progress)
+        short = {t: v["episodes"] for t, v in m["tasks"].items() if v["episodes"] < episodes}
         if short:
-            raise SystemExit(f"collection gave fewer than {p.episodes} episodes for {short}: rerun to retry")
-        write_json_atomic(self.work / "data" / "done.json", {"episodes": m["num_episodes"], "steps": m["num_steps"]})
+            raise SystemExit(f"collection gave fewer than {episodes} episodes for {short}: rerun to retry")
+        write_json_atomic(out / "done.json", {"episodes": m["num_episodes"], "steps": m["num_steps"]})
 
     def clip(self) -> None:
         from vla.clip_pretrain import PretrainConfig, pretrain
@@ -230,16 +246,25 @@ class Pipeline:
 
     def head(self) -> None:
         """Stage 2: a fresh action head on the first stage's keypoint perception, frozen (cached estimates)."""
+        self.train_head(self.head_data(0), self.work / "head", self.p.head_steps, self.p.head_lr)
+
+    def head_data(self, k: int) -> list[Path]:
+        """What a head trains on after DAgger round k: the demonstrations (and the head's own), rounds 1..k."""
+        w = self.work
+        extra = [w / "data_head"] if self.p.head_episodes else []
+        return [w / "data", *extra, *(self.round_dir(j) / "data" for j in range(1, k + 1))]
+
+    def train_head(self, folders: list[Path], out: Path, steps: int, lr: float) -> None:
         from sim.dataset import EpisodeDataset
         from vla.train import TrainConfig, train
 
         p = self.p
         config = self.policy_config(**p.head, perception_trainable=False)
-        data = EpisodeDataset(self.work / "data", split="train", chunk_len=config.chunk_len, cameras=config.cameras)
-        tc = TrainConfig(steps=p.head_steps, batch_size=p.head_batch, lr=p.head_lr, save_every=p.save_every,
-                         warmup_steps=min(100, p.head_steps // 10), log_every=min(20, p.save_every),
+        data = EpisodeDataset(folders, split="train", chunk_len=config.chunk_len, cameras=config.cameras)
+        tc = TrainConfig(steps=steps, batch_size=p.head_batch, lr=lr, save_every=p.save_every,
+                         warmup_steps=min(100, steps // 10), log_every=min(20, p.save_every),
                          perception_from=str(self.work / "policy" / "policy"), progress=self.progress)
-        train(config, data, self.work / "head", tc)
+        train(config, data, out, tc)
 
     # --- DAgger --------------------------------------------------------------------------------------------
     def round_dir(self, k: int) -> Path:
@@ -259,7 +284,7 @@ class Pipeline:
         from vla.files import write_json_atomic
 
         p, r = self.p, self.p.dagger[k - 1]
-        m = collect(CollectConfig(tasks=p.tasks, episodes=r.episodes, out=str(self.round_dir(k) / "data"),
+        m = collect(CollectConfig(tasks=r.tasks or p.tasks, episodes=r.episodes, out=str(self.round_dir(k) / "data"),
                                   workers=p.workers, driver=str(self.policy_after(k - 1)), beta=r.beta,
                                   horizon=p.eval_horizon, round=k, seed_start=10_000 * k, max_steps=r.max_steps),
                     progress=self.progress)
@@ -277,6 +302,9 @@ class Pipeline:
         from vla.train import TrainConfig, train
 
         p, r = self.p, self.p.dagger[k - 1]
+        if p.head:  # DAgger's aggregate: a fresh head on everything so far, on the frozen stage-1 perception
+            self.train_head(self.head_data(k), self.round_dir(k) / "policy", r.steps, r.lr)
+            return
         init = self.policy_after(k - 1)
         config = load_config(init)
         folders = [self.work / "data", *(self.round_dir(j) / "data" for j in range(1, k + 1))]
@@ -360,13 +388,17 @@ class Pipeline:
         rounds = []
         for k, r in enumerate(p.dagger, 1):
             d = json.loads((self.round_dir(k) / "data" / "done.json").read_text())
-            rounds.append(f"round {k}: {d['episodes']} student rollouts ({d['steps']} labelled steps, seeds "
+            on = f" on {', '.join(r.tasks)}" if r.tasks else ""
+            trained = (f"a fresh action head trained {r.steps} steps (batch {p.head_batch}, lr {r.lr}) on the union"
+                       if p.head else f"{r.steps} training steps at lr {r.lr} on the union")
+            rounds.append(f"round {k}: {d['episodes']} student rollouts{on} ({d['steps']} labelled steps, seeds "
                           f"{10_000 * k}+, beta {r.beta}, up to {r.max_steps} steps; the rollouts succeeded in "
-                          f"{sum(d['successes'].values())}), then {r.steps} training steps at lr {r.lr} on the union")
+                          f"{sum(d['successes'].values())}), then {trained}")
         dagger_data = ("; ".join(rounds) + ". The previous policy drives, the scripted expert labels every visited "
                        "state (`vla collect --driver`).") if rounds else "none."
-        dagger_training = (f", then {len(rounds)} DAgger round(s) continuing from the previous policy"
-                           if rounds else "")
+        dagger_training = (f", then {len(rounds)} DAgger round(s), " + (
+            "each a fresh action head on the union of the demonstrations and the rounds so far" if p.head else
+            "continuing from the previous policy") if rounds else "")
         from vla.clip_pretrain import scene_captions
 
         if cfg.privileged_dim and cfg.keypoints:
@@ -399,6 +431,10 @@ class Pipeline:
             head = f"PoNet + attention head `{' '.join(cfg.layers)}`, width {cfg.width}"
         head_training = (f", then the action head alone for {p.head_steps} steps of batch {p.head_batch} on the "
                          "first stage's frozen keypoint perception (cached position estimates)" if p.head else "")
+        if p.head and p.head_episodes:
+            more = json.loads((w / "data_head" / "done.json").read_text())
+            head_training += (f", on those demonstrations plus {more['episodes']} more ({p.head_episodes} per task, "
+                              f"{more['steps']} steps, seeds {HEAD_SEED_START}+) that only the head sees")
         timings = "\n".join(f"- {k}: {v / 60:.1f} min" for k, v in self.timings.items())
         timings += (f"\n- machine: {machine()}\n- final policy loss {summary['loss']:.3f}, token accuracy "
                     f"{summary['token_acc']:.3f}")

@@ -67,13 +67,27 @@ def test_export_is_fp16_image_of_trained_policy(smoke):
     # the card reports what was measured
     card = (exp / "MODEL_CARD.md").read_text()
     rollouts = json.loads((smoke / "dagger1" / "data" / "done.json").read_text())
-    assert f"round 1: {rollouts['episodes']} student rollouts ({rollouts['steps']} labelled steps" in card
+    assert rollouts["episodes"] == 1 and list(rollouts["successes"]) == ["reach-v3"]  # the round's one task
+    assert f"round 1: {rollouts['episodes']} student rollouts on reach-v3 ({rollouts['steps']} labelled steps" in card
+    more = json.loads((smoke / "data_head" / "done.json").read_text())  # the head's own demonstrations
+    from safetensors.numpy import load_file as load_np
+
+    from sim.dataset import EpisodeDataset
+
+    def rows(*folders):
+        return len(EpisodeDataset([smoke / f for f in folders], split="train", chunk_len=cfg["chunk_len"]))
+
+    # the head trained on the demonstrations and its own; the round's fresh head on those and the rollouts
+    assert len(load_np(str(smoke / "head" / "positions.safetensors"))["state"]) == rows("data", "data_head")
+    assert len(load_np(str(smoke / "dagger1" / "policy" / "positions.safetensors"))["state"]) == \
+        rows("data", "data_head", "dagger1/data") > rows("data", "data_head")
+    assert more["episodes"] == 2 and f"plus {more['episodes']} more (1 per task" in card
     for task, r in res["tasks"].items():
         assert f"| {task} | {r['success_rate']:.2f} |" in card
     scenes = json.loads((smoke / "coop" / "done.json").read_text())
     assert f"**{scenes['templates']:.3f}**" in card and f"**{scenes['coop']:.3f}**" in card
     summary = json.loads((smoke / "summary.json").read_text())
-    assert set(summary["timings_s"]) == {"collect", "clip", "coop", "policy", "head", "dagger1-collect",
+    assert set(summary["timings_s"]) == {"collect", "collect-head", "clip", "coop", "policy", "head", "dagger1-collect",
                                          "dagger1-train", "eval", "export"}
     assert sum(p.stat().st_size for p in exp.iterdir()) < 50 * 2**20
 
@@ -82,7 +96,8 @@ def test_rerun_skips_finished_stages(smoke):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_default.py"), "--preset", "smoke", "--work",
                         str(smoke), "--no-progress"], env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    for stage in ("collect", "clip", "coop", "policy", "dagger1-collect", "dagger1-train", "eval", "export"):
+    for stage in ("collect", "collect-head", "clip", "coop", "policy", "dagger1-collect", "dagger1-train", "eval",
+                  "export"):
         assert f"== {stage}: done" in r.stdout
 
 
