@@ -14,17 +14,19 @@ perception (heatmap cross-entropy at the object / goal projections, a position r
 head on [proprio, estimates, the instruction matched to the training instructions] that regresses the action
 chunk (`vla train --perception-from`).
 
-Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 and 2026-12-01):
+Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 to 2026-12-02):
     collection   ~40 ms CPU per env step (128 px RGB-D render + expert), 2 workers: 17-25 steps/s wall;
                  expert episodes average ~80-100 steps -> 10 tasks x 20 episodes ~ 15k steps ~ 11-15 min
+    collect-head 10 tasks x 30 more expert episodes (seeds 100+), 22.6k steps ~ 7.5 min
     CLIP         vla-small 112 px / 4 layers, batch 64 ~ 1.2 s/step on 2 threads -> 300 steps ~ 10 min
     CoOp         4 shots x 10 classes, 100 epochs on cached features + 10 held-out renders per class: ~1 min
     policy       keypoint perception + token head at 128 px: ~60 samples/s -> 3000 x 32 ~ 28 min
-    head         one pass of position estimates over ~14k frames ~1.5 min, then ~1,300-1,500 samples/s ->
-                 3000 x 256 ~ 9-10 min
-    evaluation   10 tasks x 20 held-out seeds, <= 500 steps, horizon 2: ~28 min (~45 env steps/s with 2 workers);
-                 the expert on the same seeds ~ 8 min
-    total        ~15 + 10 + 1 + 28 + 11 + 36 = ~100 min, under the 3 h budget
+    head         one pass of position estimates over ~38k frames ~2.5 min, then ~11,000-13,000 samples/s on
+                 2 threads -> 3000 x 256 ~ 8 min
+    DAgger 1     100 student rollouts (<= 200 steps, rendered, the head driving) ~ 6.5 min, a fresh head ~ 7 min
+    evaluation   10 tasks x 20 held-out seeds, <= 500 steps, horizon 2: ~15-28 min (~40 env steps/s with 2
+                 workers); the expert on the same seeds ~ 8 min
+    total        ~15 + 7.5 + 10 + 1 + 28 + 8 + 13.5 + 36 = ~120 min, under the 3 h budget
 DAgger rounds: the previous round's policy drives on new seeds (beta: probability per step of executing the expert
 instead; a round may roll out on a few weak tasks only), the expert labels every visited state, and the next policy
 trains on the union of the expert demonstrations and every round so far (`sim.collect`): a fresh action head on the
@@ -97,8 +99,8 @@ class DaggerRound:
     tasks: tuple[str, ...] = ()  # the round's rollouts on these tasks only (the weakest); () = the preset's
 
 
-# The default model's two stages (docs/policy_experiments.md rows E7, M3, C2): keypoint perception trained with
-# the heatmap loss and a token head, then an MLP action head on its frozen position estimates (standardised by
+# The default model's two policy stages (docs/policy_experiments.md rows E7, M3, C2): keypoint perception trained
+# with the heatmap loss and a token head, then an MLP action head on its frozen position estimates (standardised by
 # their own statistics), reading the instruction as a match to the training instructions and regressing the
 # chunk of actions.
 KEYPOINT_POLICY = dict(privileged_dim=9, keypoints=32, vision_tokens=False, ego3d=False, keypoint_positions=True)
@@ -106,7 +108,10 @@ MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="ma
 
 PRESETS = {
     # The committed default model.
-    "default": Preset(tasks=MT10, episodes=20, policy=KEYPOINT_POLICY, head=MLP_HEAD, eval_max_steps=500),
+    # The committed default model (rows E7, D1, G1): the head sees 30 more demonstrations per task than the
+    # perception, then one DAgger round (the head drives, beta 0.2) and a fresh head on the union.
+    "default": Preset(tasks=MT10, episodes=20, policy=KEYPOINT_POLICY, head=MLP_HEAD, eval_max_steps=500,
+                      head_episodes=30, dagger=(DaggerRound(episodes=10, beta=0.2, steps=3000, lr=1e-3),)),
     # Behaviour cloning of the CLIP patch-token policy (the 2026-11-27 default, row B: 0.24).
     "patches": Preset(tasks=MT10, episodes=20),
     # patches + two DAgger rounds (beta 0.3 then 0.1): 0.23 on held-out seeds against its 0.24, no gain
