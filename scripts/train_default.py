@@ -107,7 +107,6 @@ KEYPOINT_POLICY = dict(privileged_dim=9, keypoints=32, vision_tokens=False, ego3
 MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match", action_output="continuous")
 
 PRESETS = {
-    # The committed default model.
     # The committed default model (rows E7, D1, G1): the head sees 30 more demonstrations per task than the
     # perception, then one DAgger round (the head drives, beta 0.2) and a fresh head on the union.
     "default": Preset(tasks=MT10, episodes=20, policy=KEYPOINT_POLICY, head=MLP_HEAD, eval_max_steps=500,

@@ -149,3 +149,5 @@ def test_a_loaded_policy_matches_with_its_own_word_embeddings(tmp_path):
     np.testing.assert_allclose(seen[0][:, -len(TRAIN):].numpy(), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loaded.instruction_match(texts), torch.from_numpy(expected).float(),
                                rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="needs an MLP head with mlp_instruction 'match'"):
+        VLAPolicy.from_config(PolicyConfig.tiny()).instruction_match(texts)

@@ -243,7 +243,11 @@ class VLAPolicy(nn.Module):
     def instruction_match(self, instructions: list[str]) -> torch.Tensor:
         """(B, tasks) soft match of each instruction to the training instructions, from the current word
         embeddings; a fixed function of them (no gradient), so cached unless they train."""
-        vocab = self.instruction_vocab
+        vocab = getattr(self, "instruction_vocab", None)  # set for MLP heads only
+        if vocab is None:
+            cfg = self.config
+            raise UserError("instruction_match needs an MLP head with mlp_instruction 'match' (this policy: "
+                            f"action_head={cfg.action_head!r}, mlp_instruction={cfg.mlp_instruction!r})")
         frozen = not self.clip._text.token_embedding.weight.requires_grad
         if self._instruction_ref is None or not frozen:
             self._instruction_ref = vocab.embed(vocab.texts, self.clip)
