@@ -250,10 +250,10 @@ class Pipeline:
 
     def head(self) -> None:
         """Stage 2: a fresh action head on the first stage's keypoint perception, frozen (cached estimates)."""
-        self.train_head(self.head_data(0), self.work / "head", self.p.head_steps, self.p.head_lr)
+        self.train_head(self.training_data(0), self.work / "head", self.p.head_steps, self.p.head_lr)
 
-    def head_data(self, k: int) -> list[Path]:
-        """What a head trains on after DAgger round k: the demonstrations (and the head's own), rounds 1..k."""
+    def training_data(self, k: int) -> list[Path]:
+        """What the policy after DAgger round k trains on: the demonstrations (and the head's own), rounds 1..k."""
         w = self.work
         extra = [w / "data_head"] if self.p.head_episodes else []
         return [w / "data", *extra, *(self.round_dir(j) / "data" for j in range(1, k + 1))]
@@ -307,12 +307,11 @@ class Pipeline:
 
         p, r = self.p, self.p.dagger[k - 1]
         if p.head:  # DAgger's aggregate: a fresh head on everything so far, on the frozen stage-1 perception
-            self.train_head(self.head_data(k), self.round_dir(k) / "policy", r.steps, r.lr)
+            self.train_head(self.training_data(k), self.round_dir(k) / "policy", r.steps, r.lr)
             return
         init = self.policy_after(k - 1)
         config = load_config(init)
-        folders = [self.work / "data", *(self.round_dir(j) / "data" for j in range(1, k + 1))]
-        data = EpisodeDataset(folders, split="train", chunk_len=config.chunk_len, cameras=config.cameras)
+        data = EpisodeDataset(self.training_data(k), split="train", chunk_len=config.chunk_len, cameras=config.cameras)
         tc = TrainConfig(steps=r.steps, batch_size=p.policy_batch, lr=r.lr, save_every=p.save_every,
                          warmup_steps=min(100, r.steps // 10), log_every=min(10, p.save_every),
                          workers=1 if torch.cuda.is_available() else 0, progress=self.progress)
