@@ -23,7 +23,8 @@ Sizing of `default` (2-core CPU, shared; wall times measured 2026-11-27 to 2026-
     policy       keypoint perception + token head at 128 px: ~60 samples/s -> 3000 x 32 ~ 28 min
     head         one pass of position estimates over ~38k frames ~2.5 min, then ~11,000-13,000 samples/s on
                  2 threads -> 3000 x 256 ~ 8 min
-    DAgger 1     100 student rollouts (<= 200 steps, rendered, the head driving) ~ 6.5 min, a fresh head ~ 7 min
+    DAgger 1     100 student rollouts (<= 200 steps, rendered, the head driving) ~ 6.5 min, a fresh head
+                 (estimates of the new frames ~ 3 min, 9000 x 256 ~ 3.5 min) ~ 7 min
     evaluation   10 tasks x 20 held-out seeds, <= 500 steps, horizon 2: ~15-28 min (~40 env steps/s with 2
                  workers); the expert on the same seeds ~ 8 min
     total        ~15 + 7.5 + 10 + 1 + 28 + 8 + 13.5 + 36 = ~120 min, under the 3 h budget
@@ -107,10 +108,11 @@ KEYPOINT_POLICY = dict(privileged_dim=9, keypoints=32, vision_tokens=False, ego3
 MLP_HEAD = dict(action_head="mlp", keypoint_positions=False, mlp_instruction="match", action_output="continuous")
 
 PRESETS = {
-    # The committed default model (rows E7, D1, G1): the head sees 30 more demonstrations per task than the
-    # perception, then one DAgger round (the head drives, beta 0.2) and a fresh head on the union.
+    # The committed default model (rows E7, D1, G1, L1): the head sees 30 more demonstrations per task than the
+    # perception, then one DAgger round (the head drives, beta 0.2) and a fresh head on the union, trained for
+    # 9000 steps (G1's 3000 left peg-insert-side under the bar).
     "default": Preset(tasks=MT10, episodes=20, policy=KEYPOINT_POLICY, head=MLP_HEAD, eval_max_steps=500,
-                      head_episodes=30, dagger=(DaggerRound(episodes=10, beta=0.2, steps=3000, lr=1e-3),)),
+                      head_episodes=30, dagger=(DaggerRound(episodes=10, beta=0.2, steps=9000, lr=1e-3),)),
     # Behaviour cloning of the CLIP patch-token policy (the 2026-11-27 default, row B: 0.24).
     "patches": Preset(tasks=MT10, episodes=20),
     # patches + two DAgger rounds (beta 0.3 then 0.1): 0.23 on held-out seeds against its 0.24, no gain
