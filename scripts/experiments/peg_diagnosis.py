@@ -36,10 +36,9 @@ for k in range(n):
             elif mode == "true-all":
                 pos = true
             normalised = pol(**inp, positions=pos).float().numpy()
-        chunk = pol.action_grid.unnormalize(normalised)[0]
-        chunk[:, 3] = np.clip(chunk[:, 3], -1, 1)
+        chunk = pol.actions_from_normalised(normalised)[0]  # as predict() decodes it
         for a in chunk[:2]:
-            obs, _, term, trunc, info = env.step(a.astype(np.float32))
+            obs, _, term, trunc, info = env.step(a)
             t += 1
             raw = info["raw_obs"]
             lifted |= raw[6] > z0 + 0.03

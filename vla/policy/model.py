@@ -445,19 +445,23 @@ class VLAPolicy(nn.Module):
             return self.action_grid.encode(torch.from_numpy(self.predict(obs)))
         return self.tokens_from_logits(self(**self.prepare(obs)))
 
+    def actions_from_normalised(self, normalised: np.ndarray) -> np.ndarray:
+        """A continuous-output chunk in the grid's normalised space -> raw actions, float32."""
+        grid = self.action_grid
+        actions = grid.unnormalize(normalised)  # clipped to the data's range; grippers raw:
+        for g in grid.groups:  # a regressed gripper command can overshoot, so clip it to its range too
+            if g.kind == "gripper":
+                d = list(g.dims)
+                actions[..., d] = np.clip(actions[..., d], grid.q_low[d], grid.q_high[d])
+        return actions.astype(np.float32)
+
     def predict(self, obs: dict[str, Any]) -> np.ndarray:
         """Observation batch -> (B, T, action_dim) float32 actions in the raw (un-normalised) action space,
         decoded as `config.token_decoding` says (or regressed: `action_output` "continuous")."""
         if self.config.action_output == "continuous":
             with torch.inference_mode():
                 normalised = self(**self.prepare(obs)).float().cpu()
-            grid = self.action_grid
-            actions = grid.unnormalize(normalised.numpy())  # clipped to the data's range; grippers raw:
-            for g in grid.groups:  # a regressed gripper command can overshoot, so clip it to its range too
-                if g.kind == "gripper":
-                    d = list(g.dims)
-                    actions[..., d] = np.clip(actions[..., d], grid.q_low[d], grid.q_high[d])
-            return actions.astype(np.float32)
+            return self.actions_from_normalised(normalised.numpy())
         if self.config.token_decoding == "expectation":
             with torch.inference_mode():
                 logits = self(**self.prepare(obs))
