@@ -57,6 +57,36 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=arr.shape, data=arr.tobytes())
 
 
+def varint(x: int) -> bytes:
+    """An unsigned protobuf varint (LEB128)."""
+    out = bytearray()
+    while x > 0x7F:
+        out.append(x & 0x7F | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)
+
+
+_FIELD_PREFIX: dict[tuple[int, tuple[int, ...]], bytes] = {}  # (field number, shape) -> bytes before the data
+
+
+def float32_field(number: int, array: np.ndarray) -> bytes:
+    """A float32 array as field `number` (a Tensor) of a serialized message: what `to_tensor` and protobuf would
+    write, without building the message. Replies are written this way (one bytes join instead of a message
+    object per reply); the bytes before the data are built once per shape."""
+    arr = np.asarray(array, dtype="<f4", order="C")
+    key = (number, arr.shape)
+    prefix = _FIELD_PREFIX.get(key)
+    if prefix is None:
+        dims = b"".join(varint(d) for d in arr.shape)
+        body = b"\x08" + varint(pb.DTYPE_FLOAT32) + (b"\x12" + varint(len(dims)) + dims if dims else b"")
+        data = b"\x1a" + varint(arr.nbytes) if arr.nbytes else b""
+        prefix = varint(number << 3 | 2) + varint(len(body) + len(data) + arr.nbytes) + body + data
+        if len(_FIELD_PREFIX) < 1024:
+            _FIELD_PREFIX[key] = prefix
+    return prefix + arr.tobytes()
+
+
 def from_tensor(t: pb.Tensor, field: str, dtypes: tuple[int, ...] | None = None,
                 shape: tuple[int | None, ...] | None = None, finite: bool = False) -> np.ndarray:
     """Tensor -> read-only numpy view, checked: dtype in `dtypes`, shape matching `shape` (None = any size in
@@ -82,12 +112,13 @@ def from_tensor(t: pb.Tensor, field: str, dtypes: tuple[int, ...] | None = None,
         raise FieldError(f"{field}.data", f"{len(data)} bytes, shape {tuple(dims)} of {dt.name} needs "
                                           f"{n * dt.itemsize}")
     arr = np.frombuffer(data, dtype=dt).reshape(dims)
-    if finite and dt.kind == "f" and not _all_finite(arr, n):
+    if finite and dt.kind == "f" and not all_finite(arr, n):
         raise FieldError(field, "contains NaN or infinity")
     return arr
 
 
-def _all_finite(arr: np.ndarray, n: int) -> bool:
+def all_finite(arr: np.ndarray, n: int) -> bool:
+    """No NaN or infinity among the n values of a float array."""
     # a few values (state, intrinsics): plain floats beat a ufunc call and a reduction (0.8 us vs 3 us for 9)
     return all(map(math.isfinite, arr.ravel().tolist())) if n <= 64 else bool(np.isfinite(arr).all())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 from concurrent.futures import Executor
 from typing import Any
@@ -15,9 +16,10 @@ from vla._proto.v1 import policy_pb2 as ppb
 from vla._proto.v1 import policy_pb2_grpc
 from vla._proto.v1 import tensor_pb2 as tpb
 from vla.serving.batcher import BatchResult, DynamicBatcher
-from vla.serving.codec import FieldError, to_tensor
+from vla.serving.codec import FieldError, float32_field, to_tensor, varint
+from vla.serving.layout import LayoutCache
 from vla.serving.metrics import Metrics
-from vla.serving.rpc import Malformed, abort_for, cancelled_code, client_of, deadline_of, status_of, unary
+from vla.serving.rpc import abort_for, cancelled_code, client_of, deadline_of, parse_message, status_of, unary
 from vla.serving.validation import ObservationSpec, check_session, needs_decoding, parse_observation
 
 
@@ -74,12 +76,28 @@ def model_info(meta: dict[str, Any], max_batch: int) -> ppb.ModelInfo:
         max_batch=max_batch, metadata_json=json.dumps(meta, default=str, sort_keys=True))
 
 
-def _timing(t0: float, parse_s: float, res: BatchResult | None) -> tpb.Timing:
+_TIMING = struct.Struct("<BdBdBdBd")  # Timing's four doubles with their tags (fields 1-4, fixed64)
+
+
+def _reply(t0: float, parse_s: float, res: BatchResult | None, request_id: int, actions: np.ndarray | None = None,
+           action: np.ndarray | None = None, step: int = 0) -> bytes:
+    """A serialized PredictResponse, written field by field (vla.serving.codec.float32_field): the reply of
+    every call, so no message objects are built for it. Timing is measured up to this call."""
+    parts = [] if actions is None else [float32_field(1, actions)]
+    if action is not None:
+        parts.append(float32_field(2, action))
+    if step:
+        parts.append(b"\x18" + varint(step))
     total = (time.perf_counter() - t0) * 1e3
     if res is None:
-        return tpb.Timing(preprocess_ms=parse_s * 1e3, total_ms=total)
-    return tpb.Timing(queue_ms=res.queue_s * 1e3, preprocess_ms=(parse_s + res.collate_s) * 1e3,
-                      model_ms=res.model_s * 1e3, total_ms=total, batch_size=res.batch_size)
+        timing = _TIMING.pack(0x09, 0.0, 0x11, parse_s * 1e3, 0x19, 0.0, 0x21, total)
+    else:
+        timing = _TIMING.pack(0x09, res.queue_s * 1e3, 0x11, (parse_s + res.collate_s) * 1e3, 0x19,
+                              res.model_s * 1e3, 0x21, total) + b"\x28" + varint(res.batch_size)
+    parts.append(b"\x22" + varint(len(timing)) + timing)
+    if request_id:
+        parts.append(b"\x28" + varint(request_id))
+    return b"".join(parts)
 
 
 class _Session:
@@ -112,42 +130,54 @@ class _Session:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    raw_requests = ("Predict", "StreamPredict")  # request bytes: a learnt layout skips the protobuf parse
+
     def __init__(self, policy: Any, batcher: DynamicBatcher, metrics: Metrics, spec: ObservationSpec,
                  decode_pool: Executor, max_batch: int):
         self.policy, self.batcher, self.metrics, self.spec = policy, batcher, metrics, spec
         self.decode_pool = decode_pool
+        self.layouts = LayoutCache(spec)
         meta = policy.metadata()
         self.action_dim = int(meta["action_dim"])
         self.info = model_info(meta, max_batch)
 
-    async def _parse(self, request: ppb.PredictRequest) -> dict[str, Any]:
+    async def _observe(self, data: bytes) -> tuple[dict[str, Any], Any]:
+        """PredictRequest bytes -> (checked observation, the request message; for a request of a learnt layout
+        (vla.serving.layout) without its observation field). Other requests are parsed and checked in full, then
+        their layout is learnt."""
+        hit = self.layouts.lookup(data)
+        if hit is not None:
+            return hit
+        request = parse_message(ppb.PredictRequest, data)
         if not request.HasField("observation"):
             raise FieldError("observation", "missing")
         if needs_decoding(request.observation):  # PNG/JPEG decoding is CPU work: keep it off the event loop
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.decode_pool, parse_observation, request.observation, self.spec)
-        return parse_observation(request.observation, self.spec)
+            obs = await loop.run_in_executor(self.decode_pool, parse_observation, request.observation, self.spec)
+        else:
+            obs = parse_observation(request.observation, self.spec)
+            self.layouts.learn(data, request, obs)
+        return obs, request
 
     @unary("Predict", per_client=True)
-    async def Predict(self, request, context, client: str):
+    async def Predict(self, data, context, client: str):
         t0 = time.perf_counter()
         deadline = deadline_of(context)
-        obs = await self._parse(request)
+        obs, request = await self._observe(data)
         parse_s = time.perf_counter() - t0
         res = await self.batcher.submit(obs, deadline, client)
-        return ppb.PredictResponse(actions=to_tensor(res.actions), timing=_timing(t0, parse_s, res),
-                                   request_id=request.request_id)
+        return _reply(t0, parse_s, res, request.request_id, res.actions)
 
     async def StreamPredict(self, request_iterator, context):
         """An async generator: `yield` costs about 40 us a message where `await context.write()` cost about
         500 us (grpcio 1.85 aio, cProfile self time on the 2-core dev machine)."""
         session = _Session(self.action_dim, client_of(context))
         first = True
-        async for request in request_iterator:
+        async for data in request_iterator:
             t0 = time.perf_counter()
             code = "OK"
             try:
-                reply = await self._step(session, request, first, context, t0)
+                reply = await self._step(session, data, first, context, t0)
             except asyncio.CancelledError:
                 code = cancelled_code(context)
                 raise
@@ -159,28 +189,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             yield reply
             first = False
 
-    async def _step(self, session: _Session, request, first: bool, context, t0: float) -> ppb.PredictResponse:
-        if isinstance(request, Malformed):
-            request.raise_error()
+    async def _step(self, session: _Session, data: bytes, first: bool, context, t0: float) -> bytes:
+        deadline = deadline_of(context)
+        obs, request = await self._observe(data)
         if first or (request.reset and request.HasField("session")):
             session.configure(request.session)
         elif request.reset:
             session.reset()  # a reset without a session message keeps the stream's horizon/ensembling
-        deadline = deadline_of(context)
-        obs = await self._parse(request)
         parse_s = time.perf_counter() - t0
         res = actions = action = None
         if session.needs_chunk():
             res = await self.batcher.submit(obs, deadline, session.client)
-            actions = to_tensor(res.actions)
+            actions = res.actions
             if session.runner is not None:
-                session.runner.add(res.actions[None])  # (1, T, A)
+                session.runner.add(actions[None])  # (1, T, A)
         if session.runner is not None:
-            action = to_tensor(session.runner.pop()[0])
+            action = session.runner.pop()[0]
         step, session.step = session.step, session.step + 1
-        # one constructor call: sub-messages passed here are adopted, CopyFrom would serialise them again
-        return ppb.PredictResponse(step=step, request_id=request.request_id, actions=actions, action=action,
-                                   timing=_timing(t0, parse_s, res))
+        return _reply(t0, parse_s, res, request.request_id, actions, action, step)
 
     @unary("GetModelInfo")
     async def GetModelInfo(self, request, context):

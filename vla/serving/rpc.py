@@ -134,6 +134,14 @@ class Malformed:
         raise FieldError("request", f"not a valid {self.type_name} message ({self.error})")
 
 
+def parse_message(cls, data: bytes):
+    """Request bytes -> message; FieldError (INVALID_ARGUMENT) when they do not parse."""
+    parsed = _tolerant(cls)(data)
+    if isinstance(parsed, Malformed):
+        parsed.raise_error()
+    return parsed
+
+
 def _tolerant(cls):
     from google.protobuf.message import DecodeError
 
@@ -146,8 +154,19 @@ def _tolerant(cls):
     return parse
 
 
+def _serializer(cls):
+    """A reply serializer that passes bytes through: a handler may answer pre-serialized bytes."""
+    serialize = cls.SerializeToString
+
+    def serializer(reply) -> bytes:
+        return reply if type(reply) is bytes else serialize(reply)
+
+    return serializer
+
+
 def add_service(server, servicer, service) -> str:
-    """Register `servicer` for the ServiceDescriptor `service` with tolerant request parsing; returns its name."""
+    """Register `servicer` for the ServiceDescriptor `service` with tolerant request parsing; returns its name.
+    Methods named in the servicer's `raw_requests` get the request bytes unparsed (the handler parses them)."""
     from google.protobuf.message_factory import GetMessageClass
 
     kinds = {
@@ -156,12 +175,13 @@ def add_service(server, servicer, service) -> str:
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
+    raw = set(getattr(servicer, "raw_requests", ()))
     handlers = {}
     for m in service.methods:
         make = kinds[(m.client_streaming, m.server_streaming)]
-        handlers[m.name] = make(getattr(servicer, m.name),
-                                request_deserializer=_tolerant(GetMessageClass(m.input_type)),
-                                response_serializer=GetMessageClass(m.output_type).SerializeToString)
+        parse = None if m.name in raw else _tolerant(GetMessageClass(m.input_type))
+        handlers[m.name] = make(getattr(servicer, m.name), request_deserializer=parse,
+                                response_serializer=_serializer(GetMessageClass(m.output_type)))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
     return service.full_name
