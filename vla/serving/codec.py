@@ -57,8 +57,13 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=arr.shape, data=arr.tobytes())
 
 
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(x: int) -> bytes:
     """An unsigned protobuf varint (LEB128)."""
+    if x < 0x80:
+        return _SMALL_VARINTS[x]
     out = bytearray()
     while x > 0x7F:
         out.append(x & 0x7F | 0x80)

@@ -29,8 +29,7 @@ import numpy as np
 
 from vla._proto.v1 import policy_pb2 as ppb
 from vla.serving.codec import DTYPES
-from vla.serving.validation import (ObservationSpec, check_finite_values, check_intrinsics_values, depth_metres,
-                                   depth_ok)
+from vla.serving.validation import ObservationSpec, check_finite_values, check_intrinsics_values, depth_metres, depth_ok
 
 _EMPTY_REQUEST = ppb.PredictRequest()  # the fields after the observation when there are none; never written to
 

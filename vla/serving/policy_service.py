@@ -130,7 +130,7 @@ class _Session:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    raw_requests = ("Predict", "StreamPredict")  # request bytes: a learnt layout skips the protobuf parse
+    raw_methods = ("Predict", "StreamPredict")  # bytes in and out: a learnt layout skips the protobuf parse
 
     def __init__(self, policy: Any, batcher: DynamicBatcher, metrics: Metrics, spec: ObservationSpec,
                  decode_pool: Executor, max_batch: int):

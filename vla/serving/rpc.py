@@ -154,19 +154,10 @@ def _tolerant(cls):
     return parse
 
 
-def _serializer(cls):
-    """A reply serializer that passes bytes through: a handler may answer pre-serialized bytes."""
-    serialize = cls.SerializeToString
-
-    def serializer(reply) -> bytes:
-        return reply if type(reply) is bytes else serialize(reply)
-
-    return serializer
-
-
 def add_service(server, servicer, service) -> str:
     """Register `servicer` for the ServiceDescriptor `service` with tolerant request parsing; returns its name.
-    Methods named in the servicer's `raw_requests` get the request bytes unparsed (the handler parses them)."""
+    Methods named in the servicer's `raw_methods` take and return serialized bytes (the handler parses the request
+    and writes the reply itself: no (de)serializer call per message)."""
     from google.protobuf.message_factory import GetMessageClass
 
     kinds = {
@@ -175,13 +166,15 @@ def add_service(server, servicer, service) -> str:
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
-    raw = set(getattr(servicer, "raw_requests", ()))
+    raw = set(getattr(servicer, "raw_methods", ()))
     handlers = {}
     for m in service.methods:
         make = kinds[(m.client_streaming, m.server_streaming)]
-        parse = None if m.name in raw else _tolerant(GetMessageClass(m.input_type))
-        handlers[m.name] = make(getattr(servicer, m.name), request_deserializer=parse,
-                                response_serializer=_serializer(GetMessageClass(m.output_type)))
+        if m.name in raw:
+            handlers[m.name] = make(getattr(servicer, m.name))
+        else:
+            handlers[m.name] = make(getattr(servicer, m.name), request_deserializer=_tolerant(
+                GetMessageClass(m.input_type)), response_serializer=GetMessageClass(m.output_type).SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
     return service.full_name
