@@ -146,6 +146,7 @@ def test_what_protobuf_would_read_differently_is_not_taken():
     merged = data + extra  # protobuf merges a second observation field into the first
     assert ppb.PredictRequest.FromString(merged).observation.instruction == "x"
     assert cache.lookup(merged) is None
+    assert cache.lookup(data[:-1]) is None  # truncated
     late = varint(4 << 3) + varint(7) + data  # request_id before the observation: not canonical
     assert ppb.PredictRequest.FromString(late).request_id == 7
     assert cache.lookup(late) is None
@@ -174,7 +175,9 @@ def test_the_least_recently_learnt_layout_goes_first():
         cache.learn(data, ppb.PredictRequest.FromString(data), full(data))
     assert len(cache) == 2
     assert cache.lookup(reqs[0]) is None
-    assert cache.lookup(reqs[1]) is not None and cache.lookup(reqs[2]) is not None
+    for data in (reqs[1], reqs[2], reqs[1]):  # alternating layouts of one length: each finds its own
+        obs, _ = cache.lookup(data)
+        assert_same_observation(obs, full(data))
     with pytest.raises(ValueError, match="capacity"):
         LayoutCache(SPEC, capacity=0)
 

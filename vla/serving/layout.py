@@ -68,6 +68,8 @@ class _Layout:
     instruction: str  # as checked (stripped)
 
     def matches(self, data: bytes) -> bool:
+        if len(data) < self.obs_end:  # truncated: protobuf refuses it (the full path says so)
+            return False
         for at, seg in self.header:
             if not data.startswith(seg, at):
                 return False
@@ -109,6 +111,7 @@ class LayoutCache:
         self.spec, self.capacity = spec, capacity
         self._layouts: collections.OrderedDict[tuple, _Layout] = collections.OrderedDict()  # (end, header) -> it
         self._by_end: dict[int, list[_Layout]] = {}
+        self._last: _Layout | None = None
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -117,15 +120,15 @@ class LayoutCache:
     def lookup(self, data: bytes) -> tuple[dict[str, Any], Any] | None:
         """(checked observation, the request's other fields as a PredictRequest without observation) when `data`
         has a learnt layout, else None (parse it in full). Raises FieldError for a bad payload value."""
-        layouts = self._by_end.get(_observation_end(data))
-        if layouts:
-            for layout in layouts:
-                if layout.matches(data):
-                    rest = _rest(data, layout.obs_end)
-                    if rest is not None:
-                        self.hits += 1
-                        return layout.observation(data), rest
-                    break
+        layout = self._last  # a robot sends one layout: try the one that matched last first
+        if layout is None or not layout.matches(data):
+            layout = next((x for x in self._by_end.get(_observation_end(data), ()) if x.matches(data)), None)
+        if layout is not None:
+            rest = _rest(data, layout.obs_end)
+            if rest is not None:
+                self.hits += 1
+                self._last = layout
+                return layout.observation(data), rest
         self.misses += 1
         return None
 
@@ -149,6 +152,8 @@ class LayoutCache:
             same_end.remove(old)
             if not same_end:
                 del self._by_end[old.obs_end]
+            if self._last is old:
+                self._last = None
 
 
 def _observation_end(data: bytes) -> int:
