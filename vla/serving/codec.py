@@ -79,7 +79,7 @@ def float32_field(number: int, array: np.ndarray) -> bytes:
     """A float32 array as field `number` (a Tensor) of a serialized message: what `to_tensor` and protobuf would
     write, without building the message. Replies are written this way (one bytes join instead of a message
     object per reply); the bytes before the data are built once per shape."""
-    arr = np.asarray(array, dtype="<f4", order="C")
+    arr = np.asarray(array, dtype=DTYPES[pb.DTYPE_FLOAT32], order="C")  # a dtype object: no string to parse
     key = (number, arr.shape)
     prefix = _FIELD_PREFIX.get(key)
     if prefix is None:

@@ -31,6 +31,7 @@ from vla._proto.v1 import policy_pb2 as ppb
 from vla.serving.codec import DTYPES
 from vla.serving.validation import ObservationSpec, check_finite_values, check_intrinsics_values, depth_metres, depth_ok
 
+_F32, _U32 = np.dtype("<f4"), np.dtype("<u4")
 _EMPTY_REQUEST = ppb.PredictRequest()  # the fields after the observation when there are none; never written to
 
 
@@ -80,10 +81,10 @@ class _Layout:
         obs: dict[str, Any] = {"rgb": _cameras(data, self.rgb)}
         if self.depth is not None:
             for p in self.depth:
-                if p.dtype == np.float32 and not depth_ok(p.view(data, (p.count,), np.uint32)):
+                if p.dtype == _F32 and not depth_ok(p.view(data, (p.count,), _U32)):
                     depth_metres(p.view(data), p.field)  # raises, naming what is wrong
             depth = _cameras(data, self.depth)
-            obs["depth"] = depth if depth.dtype == np.float32 else depth_metres(depth, "")  # uint16: to metres
+            obs["depth"] = depth if depth.dtype == _F32 else depth_metres(depth, "")  # uint16: to metres
         if self.intrinsics is not None:
             for p in self.intrinsics:
                 check_intrinsics_values(p.values(data), p.field)

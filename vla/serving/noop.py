@@ -20,6 +20,7 @@ class NoopPolicy:
     serve_inline: ClassVar[bool] = True
 
     def __post_init__(self):
+        self._zeros: dict[int, np.ndarray] = {}
         for name in ("image_size", "chunk_len", "action_dim", "state_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"NoopPolicy.{name}={getattr(self, name)} must be >= 1")
@@ -31,7 +32,13 @@ class NoopPolicy:
 
     def predict(self, obs_batch: dict[str, Any]) -> np.ndarray:
         B = len(obs_batch["instruction"])
-        return np.zeros((B, self.chunk_len, self.action_dim), np.float32)
+        out = self._zeros.get(B)
+        if out is None:  # one read-only array per batch size: the answer never changes
+            out = np.zeros((B, self.chunk_len, self.action_dim), np.float32)
+            out.flags.writeable = False
+            if len(self._zeros) < 64:
+                self._zeros[B] = out
+        return out
 
     def metadata(self) -> dict[str, Any]:
         return {
