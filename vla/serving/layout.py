@@ -113,7 +113,6 @@ class LayoutCache:
         self._layouts: collections.OrderedDict[tuple, _Layout] = collections.OrderedDict()  # (end, header) -> it
         self._by_end: dict[int, list[_Layout]] = {}
         self._last: _Layout | None = None
-        self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._layouts)
@@ -127,10 +126,8 @@ class LayoutCache:
         if layout is not None:
             rest = _rest(data, layout.obs_end)
             if rest is not None:
-                self.hits += 1
                 self._last = layout
                 return layout.observation(data), rest
-        self.misses += 1
         return None
 
     def learn(self, data: bytes, request: Any, obs: dict[str, Any]) -> None:
