@@ -20,7 +20,9 @@ from vla.client import RemotePolicy, observation_message
 from vla.serving.codec import FieldError, from_tensor, to_tensor
 
 
-def test_inline_batcher_same_answers_deadline_and_close():
+@pytest.mark.parametrize("entry", ["submit", "run_inline"])
+def test_inline_batcher_same_answers_deadline_and_close(entry):
+    """`submit` (a coroutine) and `run_inline` (the servicer's call for inline policies) check alike."""
     from vla.serving.batcher import DynamicBatcher, Expired, Overloaded
 
     policy = FakePolicy()
@@ -28,12 +30,16 @@ def test_inline_batcher_same_answers_deadline_and_close():
     async def main():
         b = DynamicBatcher(policy.predict, inline=True)
         b.start()
-        res = await b.submit(make_obs(3))
+
+        async def call(obs, **kw):
+            return await b.submit(obs, **kw) if entry == "submit" else b.run_inline(obs, **kw)
+
+        res = await call(make_obs(3))
         with pytest.raises(Expired):
-            await b.submit(make_obs(4), deadline=time.perf_counter() - 1)
+            await call(make_obs(4), deadline=time.perf_counter() - 1)
         await b.close()
         with pytest.raises(Overloaded):
-            await b.submit(make_obs(5))
+            await call(make_obs(5))
         return res, b.metrics
 
     res, metrics = asyncio.run(main())

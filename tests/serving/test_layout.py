@@ -217,3 +217,39 @@ def test_a_reply_parses_to_the_message_protobuf_would_build(res, step, request_i
 @pytest.mark.parametrize("x", [0, 1, 127, 128, 300, 2**32, 2**64 - 1])
 def test_varint_reads_back(x):
     assert ppb.PredictResponse.FromString(b"\x28" + varint(x)).request_id == x
+
+
+@pytest.mark.parametrize("name", ["c", "ca", "cam", "came"])
+def test_depth_at_every_byte_alignment_is_checked_like_the_full_check(name):
+    """The camera name's length moves the depth payload through the four offsets mod 4 (an unaligned payload is
+    checked through the layout's own buffer): valid depth hits with the full check's arrays, NaN or a negative
+    value anywhere is refused with its message, and one request's values never show up in another's answer."""
+    spec = ObservationSpec(cameras=(name,), state_dim=4)
+    cache = learnt(request(0, spec).SerializeToString(), spec)
+    for seed in (1, 2):
+        data = request(seed, spec).SerializeToString()
+        obs, _ = cache.lookup(data)
+        assert_same_observation(obs, full(data, spec))
+    for index, value in ((0, -0.5), (47, np.nan), (23, np.inf)):
+        req = request(3, spec)
+        cam = req.observation.cameras[0]
+        d = np.frombuffer(cam.depth.data, np.float32).copy()
+        d.flat[index] = value
+        cam.depth.data = d.tobytes()
+        data = req.SerializeToString()
+        with pytest.raises(FieldError) as reference:
+            full(data, spec)
+        with pytest.raises(FieldError) as got:
+            cache.lookup(data)
+        assert str(got.value) == str(reference.value)
+    data = request(4, spec).SerializeToString()  # a good request after refused ones
+    assert_same_observation(cache.lookup(data)[0], full(data, spec))
+
+
+def test_the_alignment_test_covers_every_offset():
+    """Where the depth payload starts in the request, found by searching the bytes (mod 4): all four occur."""
+    offsets = set()
+    for name in ("c", "ca", "cam", "came"):
+        req = request(0, ObservationSpec(cameras=(name,), state_dim=4))
+        offsets.add(req.SerializeToString().find(req.observation.cameras[0].depth.data) % 4)
+    assert offsets == {0, 1, 2, 3}

@@ -83,7 +83,12 @@ def test_sigterm_stops_the_process(tmp_path):
             assert np.all(remote.predict(make_obs(0)) == 0) and remote.info()["chunk_len"] == 4
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-        assert '"event": "stopped"' in proc.stderr.read()  # structured log lines
+        err = proc.stderr.read()
+        assert '"event": "stopped"' in err  # structured log lines
+        from vla.serving import allocator
+
+        tuned = allocator.glibc() is not None and not any(k in env for k in allocator.ENV)
+        assert (f'"mmap_threshold": {allocator.MMAP_MB << 20}' in err) == tuned, err  # vla serve tunes glibc
     finally:
         if proc.poll() is None:
             proc.kill()
