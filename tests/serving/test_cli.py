@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import time
 
 import pytest
 
@@ -58,6 +60,23 @@ def test_bench_serve_runs(tmp_path):
         b = bare[(r["mode"], r["clients"])]
         assert r["p50_vs_bare"] == pytest.approx(r["p50_ms"] / b["p50_ms"])
         assert r["calls_vs_bare"] == pytest.approx(r["calls_per_s"] / b["calls_per_s"])
+        if sys.platform.startswith("linux"):  # the server's CPU over the window, from /proc
+            assert r["server_cpu_us_per_call"] > 0 and b["server_cpu_us_per_call"] > 0
+            assert r["cpu_vs_bare"] == pytest.approx(r["server_cpu_us_per_call"] / b["server_cpu_us_per_call"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_process_cpu_matches_the_process_clock():
+    """The /proc reading the benchmark takes of the server, checked on this process against time.process_time."""
+    from vla.serving.loadgen import process_cpu_s
+
+    proc0, clock0 = process_cpu_s(os.getpid()), time.process_time()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn 0.3 s of CPU
+        pass
+    spent = process_cpu_s(os.getpid()) - proc0
+    assert spent == pytest.approx(time.process_time() - clock0, abs=0.03)  # /proc counts in 10 ms ticks
+    assert process_cpu_s(2**22 + 7) is None  # no such process
 
 
 def test_bench_median_rounds_and_cpu_split():

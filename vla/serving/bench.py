@@ -8,7 +8,9 @@
 The server runs in its own process (`vla serve --port 0`), the load generator (vla.serving.loadgen: grpc.aio, one
 channel per client, the request serialized once up front) in this one or in `--load-procs` worker processes.
 `bare` is grpcio alone (vla.serving.bare: a generic handler answering fixed bytes, nothing parsed), driven by the
-same load generator in the same run, so `vs_bare` is our latency/throughput over the transport's own. The
+same load generator in the same run, so `vs_bare` is our latency/throughput over the transport's own; the server
+process's CPU time per call over the same window (Linux /proc) is the steadier figure where the clients share the
+server's cores (`cpu_vs_bare`). The
 in-process figures time `policy.predict` on batches of 1 and `max_batch`, so the overhead over the model is a ratio
 measured in one run on one machine too. `--pin` puts the server on the first `--server-cpus` CPUs of this
 process's affinity and the load generator on the rest.
@@ -178,7 +180,8 @@ def bench_config(spec: str, cname: str, args, load, server_cpus) -> list[dict[st
         rows = []
         for mode in args.modes.split(","):
             for clients in (int(c) for c in args.clients.split(",")):
-                r = load.run(f"127.0.0.1:{server.port}", request, mode, clients, args.warmup, args.duration)
+                r = load.run(f"127.0.0.1:{server.port}", request, mode, clients, args.warmup, args.duration,
+                             server.proc.pid)
                 rows.append({"policy": spec, "config": cname, "load_procs": args.load_procs, "pinned": args.pin, **r})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -207,8 +210,8 @@ def median_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for same in zip(*rounds):
         row = dict(same[0])
-        for k in ("p50_ms", "p99_ms", "calls_per_s"):
-            vals = [r[k] for r in same if r[k] is not None]
+        for k in ("p50_ms", "p99_ms", "calls_per_s", "server_cpu_us_per_call"):
+            vals = [r[k] for r in same if r.get(k) is not None]
             row[k] = float(np.median(vals)) if vals else None
         row["errors"] = sum(r["errors"] for r in same)
         row["calls"] = sum(r["calls"] for r in same)
@@ -225,6 +228,8 @@ def add_bare_ratios(rows: list[dict[str, Any]]) -> None:
         if b and r["p50_ms"] and b["p50_ms"] and b["calls_per_s"]:
             r["p50_vs_bare"] = r["p50_ms"] / b["p50_ms"]
             r["calls_vs_bare"] = r["calls_per_s"] / b["calls_per_s"]
+        if b and r.get("server_cpu_us_per_call") and b.get("server_cpu_us_per_call"):
+            r["cpu_vs_bare"] = r["server_cpu_us_per_call"] / b["server_cpu_us_per_call"]
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -233,14 +238,15 @@ def _fmt(v: Any, spec: str) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| policy | obs | mode | clients | p50 ms | p99 ms | calls/s | errors | p50 / bare | calls/s / bare | "
-            "in-process p50 ms (B=1) | in-process rows/s (B=32) | calls/s / in-process |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "server CPU us/call | CPU / bare | in-process p50 ms (B=1) | in-process rows/s (B=32) | "
+            "calls/s / in-process |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         g = r.get
         lines.append(f"| {r['policy']} | {r['config']} px RGB-D | {r['mode']} | {r['clients']} | "
                      f"{_fmt(g('p50_ms'), '.3f')} | {_fmt(g('p99_ms'), '.3f')} | {r['calls_per_s']:.0f} | "
                      f"{r['errors']} | {_fmt(g('p50_vs_bare'), '.2f')} | {_fmt(g('calls_vs_bare'), '.2f')} | "
+                     f"{_fmt(g('server_cpu_us_per_call'), '.1f')} | {_fmt(g('cpu_vs_bare'), '.2f')} | "
                      f"{_fmt(g('inproc_p50_ms_b1'), '.4f')} | {_fmt(g('inproc_rows_per_s_bmax'), '.0f')} | "
                      f"{_fmt(g('throughput_vs_inproc_bmax'), '.2f')} |")
     return "\n".join(lines)

@@ -4,6 +4,8 @@ to the previous one arrives; unary (`Predict`) or one stream per client (`Stream
 One process (grpc.aio, one channel per client) or several (`procs > 1`, clients split between them), optionally
 pinned to CPUs so that the load generator and the server do not fight over the same core. All processes measure
 the same window of CLOCK_MONOTONIC (`time.monotonic`, shared by all processes on Linux), so their calls add up.
+Given the server's pid, the CPU time the server process spent in that window is read from /proc (Linux): its CPU
+per call is a steadier figure than latency on a machine whose cores the clients share.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 import time
 from typing import Any
 
@@ -62,6 +65,33 @@ async def _clients(address: str, request: bytes, mode: str, clients: int, t_star
     return lat, errors
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (all its threads) from /proc/PID/stat; None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+class _CpuWindow(threading.Thread):
+    """Reads a process's CPU time at two CLOCK_MONOTONIC instants (the measurement window)."""
+
+    def __init__(self, pid: int, t_start: float, t_end: float):
+        super().__init__(name="cpu-window", daemon=True)
+        self.pid, self.t_start, self.t_end = pid, t_start, t_end
+        self.cpu_s: float | None = None
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.t_start - time.monotonic()))
+        first = process_cpu_s(self.pid)
+        time.sleep(max(0.0, self.t_end - time.monotonic()))
+        last = process_cpu_s(self.pid)
+        if first is not None and last is not None:
+            self.cpu_s = last - first
+
+
 def _worker(args: tuple) -> tuple[list[float], int]:
     return asyncio.run(_clients(*args))
 
@@ -85,9 +115,14 @@ class LoadGenerator:
             _pin(cpus)
 
     def run(self, address: str, request: bytes, mode: str, clients: int, warmup: float,
-            duration: float) -> dict[str, Any]:
+            duration: float, server_pid: int | None = None) -> dict[str, Any]:
+        """Latency and calls/s of the window; with `server_pid`, also the server's CPU microseconds per call."""
         t0 = time.monotonic() + (0.2 if self.pool else 0.0)  # time for the workers to receive the job
         t_start, t_end = t0 + warmup, t0 + warmup + duration
+        window = None
+        if server_pid is not None:
+            window = _CpuWindow(server_pid, t_start, t_end)
+            window.start()
         if self.pool is None:
             lat, errors = asyncio.run(_clients(address, request, mode, clients, t_start, t_end))
         else:
@@ -97,10 +132,15 @@ class LoadGenerator:
             for part, err in self.pool.map(_worker, jobs):
                 lat += part
                 errors += err
+        cpu_us = None
+        if window is not None:
+            window.join()
+            cpu_us = window.cpu_s / len(lat) * 1e6 if window.cpu_s is not None and lat else None
         ms = np.array(lat) * 1e3
         return {"mode": mode, "clients": clients, "calls": len(lat), "calls_per_s": len(lat) / duration,
                 "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-                "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None, "errors": errors}
+                "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None, "errors": errors,
+                "server_cpu_us_per_call": cpu_us}
 
     def close(self) -> None:
         if self.pool is not None:
