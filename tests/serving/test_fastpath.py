@@ -20,9 +20,7 @@ from vla.client import RemotePolicy, observation_message
 from vla.serving.codec import FieldError, from_tensor, to_tensor
 
 
-@pytest.mark.parametrize("entry", ["submit", "run_inline"])
-def test_inline_batcher_same_answers_deadline_and_close(entry):
-    """`submit` (a coroutine) and `run_inline` (the servicer's call for inline policies) check alike."""
+def test_inline_batcher_same_answers_deadline_and_close():
     from vla.serving.batcher import DynamicBatcher, Expired, Overloaded
 
     policy = FakePolicy()
@@ -30,16 +28,12 @@ def test_inline_batcher_same_answers_deadline_and_close(entry):
     async def main():
         b = DynamicBatcher(policy.predict, inline=True)
         b.start()
-
-        async def call(obs, **kw):
-            return await b.submit(obs, **kw) if entry == "submit" else b.run_inline(obs, **kw)
-
-        res = await call(make_obs(3))
+        res = await b.submit(make_obs(3))
         with pytest.raises(Expired):
-            await call(make_obs(4), deadline=time.perf_counter() - 1)
+            await b.submit(make_obs(4), deadline=time.perf_counter() - 1)
         await b.close()
         with pytest.raises(Overloaded):
-            await call(make_obs(5))
+            await b.submit(make_obs(5))
         return res, b.metrics
 
     res, metrics = asyncio.run(main())

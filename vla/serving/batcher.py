@@ -148,9 +148,14 @@ class DynamicBatcher:
     async def submit(self, obs: dict[str, Any], deadline: float | None = None, client: str = "") -> BatchResult:
         """Queue one observation; resolves with its (T, A) chunk. Raises Expired at once if `deadline` has passed,
         Overloaded at once when the live requests fill the queue or this client's share of it."""
-        now = self._admit(deadline)
+        if self._closing:
+            raise Overloaded("server is shutting down")
+        now = time.perf_counter()
+        if deadline is not None and deadline <= now:
+            self.metrics.dropped_expired += 1
+            raise Expired("deadline passed before the request was queued")
         if self.inline:
-            return self._run_inline(obs)
+            return self._run_inline(obs, deadline)
         item = _Item(obs, layout_key(obs), self._loop.create_future(), now, deadline, client)
         with self._cond:
             if self._dead is not None:
@@ -207,23 +212,7 @@ class DynamicBatcher:
             q.extend(live)
         return len(q)
 
-    def run_inline(self, obs: dict[str, Any], deadline: float | None = None) -> BatchResult:
-        """(Event loop; inline batchers only.) `submit` without a coroutine: the same checks, then the forward pass
-        right here. The servicer calls it directly for inline policies (one coroutine fewer per request)."""
-        self._admit(deadline)
-        return self._run_inline(obs)
-
-    def _admit(self, deadline: float | None) -> float:
-        """Refuse a request when the server is closing (Overloaded) or its deadline has passed (Expired); now."""
-        if self._closing:
-            raise Overloaded("server is shutting down")
-        now = time.perf_counter()
-        if deadline is not None and deadline <= now:
-            self.metrics.dropped_expired += 1
-            raise Expired("deadline passed before the request was queued")
-        return now
-
-    def _run_inline(self, obs: dict[str, Any]) -> BatchResult:
+    def _run_inline(self, obs: dict[str, Any], deadline: float | None) -> BatchResult:
         out, collate_s, model_s = self._forward([obs])
         return BatchResult(out[0], 0.0, collate_s, model_s, 1)
 

@@ -49,20 +49,9 @@ class _Payload:
     shape: tuple[int, ...]
     field: str  # the request path, for value errors (cameras in request order, as the full check names them)
     unpack: Any = None  # float32 tensors: struct.Struct(f"<{count}f").unpack_from
-    scratch: Any = None  # float32 depth: an aligned uint32 buffer of `count` (`bits`; lookups run on one thread)
 
     def view(self, data: bytes, shape: tuple[int, ...] | None = None, dtype: Any = None) -> np.ndarray:
         return np.ndarray(shape or self.shape, dtype or self.dtype, data, self.start)  # read-only, no copy
-
-    def bits(self, data: bytes) -> np.ndarray:
-        """A float32 payload as 1-D uint32 for `validation.depth_ok`, 4-byte aligned: a payload at an odd offset
-        in the request is copied into this payload's own buffer first (numpy's reductions copy an unaligned
-        array into a fresh allocation on every call: ~10 us a 128 px depth map on the server)."""
-        bits = np.ndarray((self.count,), _U32, data, self.start)
-        if bits.flags.aligned:
-            return bits
-        np.copyto(self.scratch, bits)
-        return self.scratch
 
     def values(self, data: bytes) -> tuple[float, ...]:
         """The float32 values as Python floats (for the small tensors: no numpy call on the way)."""
@@ -92,7 +81,7 @@ class _Layout:
         obs: dict[str, Any] = {"rgb": _cameras(data, self.rgb)}
         if self.depth is not None:
             for p in self.depth:
-                if p.dtype == _F32 and not depth_ok(p.bits(data)):
+                if p.dtype == _F32 and not depth_ok(p.view(data, (p.count,), _U32)):
                     depth_metres(p.view(data), p.field)  # raises, naming what is wrong
             depth = _cameras(data, self.depth)
             obs["depth"] = depth if depth.dtype == _F32 else depth_metres(depth, "")  # uint16: to metres
@@ -282,8 +271,7 @@ def _layout_of(data: bytes, request: Any, obs: dict[str, Any], spec: Observation
                 dt = DTYPES[getattr(cam, key).dtype]
                 n = (span[1] - span[0]) // dt.itemsize
                 out.append(_Payload(span[0], n, dt, obs[key][m].shape, f"{f}.{key}",
-                                    _floats(n) if key == "intrinsics" else None,
-                                    np.empty(n, _U32) if key == "depth" and dt == _F32 else None))
+                                    _floats(n) if key == "intrinsics" else None))
     st = obs["state"]
     header, at = [], 0
     for s, e in [*sorted(spans), (obs_end, obs_end)]:

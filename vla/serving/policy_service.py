@@ -142,9 +142,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.info = model_info(meta, max_batch)
 
     async def _observe(self, data: bytes) -> tuple[dict[str, Any], Any]:
-        """PredictRequest bytes of no learnt layout (`self.layouts.lookup` first: no coroutine for a hit) ->
-        (checked observation, the request message). The request is parsed and checked in full, then its layout is
-        learnt."""
+        """PredictRequest bytes -> (checked observation, the request message; for a request of a learnt layout
+        (vla.serving.layout) without its observation field). Other requests are parsed and checked in full, then
+        their layout is learnt."""
+        hit = self.layouts.lookup(data)
+        if hit is not None:
+            return hit
         request = parse_message(ppb.PredictRequest, data)
         if not request.HasField("observation"):
             raise FieldError("observation", "missing")
@@ -160,10 +163,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Predict(self, data, context, client: str):
         t0 = time.perf_counter()
         deadline = deadline_of(context)
-        obs, request = self.layouts.lookup(data) or await self._observe(data)
+        obs, request = await self._observe(data)
         parse_s = time.perf_counter() - t0
-        batcher = self.batcher
-        res = batcher.run_inline(obs, deadline) if batcher.inline else await batcher.submit(obs, deadline, client)
+        res = await self.batcher.submit(obs, deadline, client)
         return _reply(t0, parse_s, res, request.request_id, res.actions)
 
     async def StreamPredict(self, request_iterator, context):
@@ -189,7 +191,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     async def _step(self, session: _Session, data: bytes, first: bool, context, t0: float) -> bytes:
         deadline = deadline_of(context)
-        obs, request = self.layouts.lookup(data) or await self._observe(data)
+        obs, request = await self._observe(data)
         if first or (request.reset and request.HasField("session")):
             session.configure(request.session)
         elif request.reset:
@@ -197,9 +199,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         parse_s = time.perf_counter() - t0
         res = actions = action = None
         if session.needs_chunk():
-            batcher = self.batcher
-            res = batcher.run_inline(obs, deadline) if batcher.inline else await batcher.submit(obs, deadline,
-                                                                                                session.client)
+            res = await self.batcher.submit(obs, deadline, session.client)
             actions = res.actions
             if session.runner is not None:
                 session.runner.add(actions[None])  # (1, T, A)
