@@ -300,3 +300,79 @@ def test_a_cancel_at_the_deadline_counts_as_a_deadline_miss(remaining, code):
 
     assert DEADLINE_SLACK_S == 0.25
     assert cancelled_code(_GoneContext(remaining)) == code
+
+
+class _LoopBlockingPolicy(FakePolicy):
+    """Runs on the event loop (`serve_inline`) and holds it until `release` is set: grpc's core ends an RPC (deadline
+    or client gone) while the handler cannot notice, and the handler answers afterwards."""
+
+    serve_inline = True
+
+    def __init__(self, hold_s: float = 30.0):
+        super().__init__()
+        self.entered, self.release, self.hold_s = threading.Event(), threading.Event(), hold_s
+
+    def predict(self, obs):
+        self.entered.set()
+        self.release.wait(self.hold_s)
+        return super().predict(obs)
+
+
+def _grpc_errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("grpc") and r.levelno >= logging.ERROR]
+
+
+def test_an_answer_after_the_deadline_counts_as_a_deadline_miss(server_factory, caplog):
+    """The deadline passes while the request runs: the caller has DEADLINE_EXCEEDED, and so do the server's
+    metrics (method and client), not OK; the late answer is dropped quietly."""
+    policy = _LoopBlockingPolicy(hold_s=0.6)
+    srv = server_factory(policy)
+    caplog.set_level(logging.DEBUG)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = policy_pb2_grpc.PolicyServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(_req(0), timeout=0.2, metadata=(("vla-client", "slow"),))
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait_for(lambda: srv.metrics.codes["Predict"].total() == 1)
+        stub.Predict(_req(1), timeout=30)  # the loop is free again; the server still answers
+    assert srv.metrics.codes["Predict"] == {"DEADLINE_EXCEEDED": 1, "OK": 1}
+    assert srv.metrics.clients["slow"]["deadline_missed"] == 1
+    assert _grpc_errors(caplog) == []
+
+
+def test_grpcs_own_traceback_for_an_ended_rpc_is_counted_not_logged(caplog):
+    """grpc logs "ExecuteBatchError raised in core by servicer method [M]" with a traceback (logger.exception on
+    grpc._cython.cygrpc; seen in `vla bench serve --fleet 32 --max-batch 1`) when its core had ended an RPC before
+    the handler's answer went out. The same call here: one count and a DEBUG line, no ERROR; other grpc errors
+    pass."""
+    from vla.serving.metrics import Metrics
+    from vla.serving.rpc import EndedRpcFilter
+
+    caplog.set_level(logging.DEBUG)
+    grpc_log, metrics = logging.getLogger(EndedRpcFilter.LOGGER), Metrics()
+    ended = EndedRpcFilter(metrics).install()
+    try:
+        try:
+            raise RuntimeError('Failed "execute_batch": (<SendStatusFromServerOperation>,)')
+        except RuntimeError:
+            grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]",
+                               "/vla.v1.PolicyService/Predict")
+            grpc_log.exception("Unexpected [%s] raised by servicer method [%s]", "ValueError", "/x.Y/Z")
+    finally:
+        ended.remove()
+    assert metrics.ended_before_reply == 1
+    assert _grpc_errors(caplog) == ["Unexpected [ValueError] raised by servicer method [/x.Y/Z]"]
+    gone = [r for r in caplog.records if '"event": "rpc_gone"' in r.getMessage()]
+    assert [r.levelno for r in gone] == [logging.DEBUG] and "/vla.v1.PolicyService/Predict" in gone[0].getMessage()
+
+
+def test_the_server_filters_grpcs_logger_while_it_runs(server_factory):
+    from vla.serving.rpc import EndedRpcFilter
+
+    def ours():
+        return [f for f in logging.getLogger(EndedRpcFilter.LOGGER).filters if isinstance(f, EndedRpcFilter)]
+
+    srv = server_factory(FakePolicy())
+    assert [f.metrics for f in ours()] == [srv.metrics]
+    srv.stop(0)
+    assert ours() == []

@@ -1,10 +1,12 @@
-"""vla.serving.allocator against glibc's own behaviour, observed through the program break (sbrk(0)) in a fresh
-process: after `tune` a 3 MiB request-sized buffer comes from the heap (glibc's default serves it with a fresh
-mmap, faulted in page by page each time) and freeing it does not shrink the heap (the control, a small trim
-threshold, does); settings in the environment win and `tune` then changes nothing."""
+"""vla.serving.allocator against glibc's own behaviour, observed in a fresh process through the program break
+(sbrk(0)) and the resident size: after `tune` a 3 MiB request-sized buffer comes from the heap (glibc's default
+serves it with a fresh mmap, faulted in page by page each time) and freeing it does not shrink the heap (the
+control, a small trim threshold, does); settings in the environment win and `tune` then changes nothing;
+`trim_when_idle` gives a burst's freed memory back once calls stop, and only then."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,11 +24,13 @@ from vla.serving import allocator
 tuned = allocator.tune() if sys.argv[1] == "tune" else None
 libc = ctypes.CDLL(None)
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+view = ctypes.c_char * (3 << 20)  # everything the probe needs exists before the buffer: it ends the heap
 big = bytearray(3 << 20)
-on_heap = ctypes.addressof((ctypes.c_char * len(big)).from_buffer(big)) < libc.sbrk(0)
 brk = libc.sbrk(0)
+on_heap = ctypes.addressof(view.from_buffer(big)) < brk
 del big
-print(json.dumps({"tuned": tuned, "on_heap": on_heap, "heap_kept": libc.sbrk(0) == brk}))
+kept = libc.sbrk(0) == brk
+print(json.dumps({"tuned": tuned, "on_heap": on_heap, "heap_kept": kept}))
 """
 
 
@@ -53,3 +57,67 @@ def test_a_small_trim_threshold_would_shrink_the_heap():
 def test_settings_in_the_environment_win():
     got = probe("tune", MALLOC_TRIM_THRESHOLD_="131072")
     assert got["tuned"] is None and not got["on_heap"]  # nothing changed: the mmap threshold is glibc's default
+
+
+TRIM_PROBE = r"""
+import asyncio, json
+from vla.serving import allocator
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
+
+allocator.tune()
+big, small = [], []
+for _ in range(200):  # a burst: 140 MB of request buffers, small live objects between them (no trim at free)
+    big.append(bytearray(700_000))
+    small.append(bytearray(2000))
+del big
+held, calls = rss_mb(), [0]
+
+async def main():
+    task = asyncio.ensure_future(allocator.trim_when_idle(lambda: calls[0], period_s=0.05))
+    await asyncio.sleep(0.01)
+    calls[0] = 1  # the burst's calls were answered; then nothing
+    await asyncio.sleep(0.3)
+    task.cancel()
+
+asyncio.run(main())
+print(json.dumps({"held": held, "after": rss_mb()}))
+"""
+
+
+def test_trim_when_idle_gives_a_bursts_memory_back():
+    clean = {k: v for k, v in os.environ.items() if k not in allocator.ENV}
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], env=clean, capture_output=True, text=True, timeout=60,
+                         check=True)
+    got = json.loads(out.stdout)
+    assert got["held"] - got["after"] > 100, got  # MiB: the freed buffers were resident until the trim
+
+
+def test_trim_when_idle_trims_once_per_quiet_spell(monkeypatch):
+    """malloc_trim after a period without calls following calls; never while calls keep coming, not twice."""
+    trims = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(calls[0])
+            return 1
+
+    monkeypatch.setattr(allocator, "glibc", lambda: FakeLibc())
+    calls = [0]
+
+    async def main():
+        task = asyncio.ensure_future(allocator.trim_when_idle(lambda: calls[0], period_s=0.02))
+        await asyncio.sleep(0.1)  # quiet from the start: nothing to give back
+        for _ in range(8):  # steady traffic
+            calls[0] += 1
+            await asyncio.sleep(0.02)
+        assert trims == []
+        await asyncio.sleep(0.15)  # quiet: one trim
+        calls[0] += 1  # another burst, then quiet again: one more
+        await asyncio.sleep(0.15)
+        task.cancel()
+
+    asyncio.run(main())
+    assert trims == [8, 9]

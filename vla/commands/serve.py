@@ -146,12 +146,6 @@ def run(args: argparse.Namespace) -> int:
         log.warning("serving on %s without %s: anyone who can reach this port can use the model", args.host,
                     " and ".join(n for n, v in (("--token", cfg.token), ("TLS", cfg.tls_cert)) if not v))
 
-    from vla.serving import allocator
-    from vla.serving.metrics import log_event
-
-    # after the model is loaded (its weights are read once), before the first request
-    log_event("allocator", **(allocator.tune() or {"tuned": False}))
-
     def ready(port: int) -> None:
         if args.ready_file:
             tmp = f"{args.ready_file}.tmp{os.getpid()}"

@@ -45,6 +45,7 @@ class Metrics:
         self.dropped_cancelled = 0  # caller gave up while queued
         self.rejected_overload = 0
         self.expired_unread = 0  # deadline passed before the request was read
+        self.ended_before_reply = 0  # answered after grpc's core had ended the RPC (rpc.EndedRpcFilter)
         self.clients: collections.OrderedDict[str, collections.Counter] = collections.OrderedDict()
         self.queue_depth = lambda: 0
         self.client_depths = dict
@@ -88,7 +89,7 @@ class Metrics:
                 dropped_cancelled=self.dropped_cancelled, rejected_overload=self.rejected_overload,
                 queue_depth=self.queue_depth(), queue_capacity=self.queue_capacity,
                 uptime_s=time.monotonic() - self.started, model_p50_ms=_pct(self.model_ms, 50),
-                expired_unread=self.expired_unread, clients=clients)
+                expired_unread=self.expired_unread, clients=clients, ended_before_reply=self.ended_before_reply)
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):

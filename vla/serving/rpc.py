@@ -1,15 +1,18 @@
 """Exception -> gRPC status mapping shared by the servicers, with per-method (and per-client) metrics.
 
 A request whose deadline passed before its handler read it is answered DEADLINE_EXCEEDED and counted
-(`expired_unread`), not logged; an RPC that grpc's core has already finished (its deadline timer fired first,
-or the client went away) can no longer be answered: the handler ends as cancelled (a DEBUG line), instead of
-the ERROR traceback grpc logs when `context.abort` fails.
+(`expired_unread`), not logged; one whose deadline passed while it ran is DEADLINE_EXCEEDED too, its late answer
+dropped. An RPC that grpc's core has already finished (its deadline timer fired first, or the client went away)
+can no longer be answered: the handler ends as cancelled (a DEBUG line), instead of the ERROR traceback grpc logs
+when `context.abort` fails; where grpc itself fails to send a handler's answer for that reason, `EndedRpcFilter`
+turns its ERROR traceback into a counted DEBUG event (`ended_before_reply`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 
 import grpc
@@ -81,9 +84,11 @@ def unary(method: str, per_client: bool = False):
             try:
                 if isinstance(request, Malformed):
                     request.raise_error()
-                if per_client:
-                    return await fn(self, request, context, client)
-                return await fn(self, request, context)
+                reply = await (fn(self, request, context, client) if per_client else fn(self, request, context))
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:  # grpc's core has ended the RPC, or is about to
+                    raise Expired("deadline passed while the request ran")
+                return reply
             except asyncio.CancelledError:
                 code = cancelled_code(context)
                 raise
@@ -96,6 +101,34 @@ def unary(method: str, per_client: bool = False):
         return wrapper
 
     return deco
+
+
+class EndedRpcFilter(logging.Filter):
+    """On grpc's own logger: its ERROR traceback for a handler's answer to an RPC its core had already ended (the
+    client went away, or the deadline fired while the handler ran and before grpc told it) becomes a counted DEBUG
+    event. Nothing is lost: that caller has its status from grpc's core already. Installed by the server while it
+    runs (`install`, `remove`)."""
+
+    LOGGER = "grpc._cython.cygrpc"
+    MESSAGE = "ExecuteBatchError raised in core by servicer method"
+
+    def __init__(self, metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        self.metrics.ended_before_reply += 1
+        log_event("rpc_gone", 10, method=str(record.args[0]) if record.args else "", source="grpc")
+        return False
+
+    def install(self) -> EndedRpcFilter:
+        logging.getLogger(self.LOGGER).addFilter(self)
+        return self
+
+    def remove(self) -> None:
+        logging.getLogger(self.LOGGER).removeFilter(self)
 
 
 # The server's copy of a deadline is the client's plus the request's transit: a client whose own deadline fired

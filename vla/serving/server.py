@@ -26,11 +26,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vla._proto.v1 import metrics_pb2, policy_pb2, vision_pb2
+from vla.serving import allocator
 from vla.serving.auth import TokenAuthInterceptor
 from vla.serving.batcher import DynamicBatcher
 from vla.serving.metrics import Metrics, MetricsServicer, log_event
 from vla.serving.policy_service import PolicyServicer
-from vla.serving.rpc import add_service
+from vla.serving.rpc import EndedRpcFilter, add_service
 from vla.serving.validation import ObservationSpec
 
 
@@ -124,6 +125,7 @@ class PolicyServer:
         reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                              reflection.SERVICE_NAME], self.server)
         self.port = self._credentials_port(self.server)
+        self._ended_filter = EndedRpcFilter(self.metrics).install()
         if self.batcher is not None:
             self.batcher.start()
         await self.server.start()
@@ -153,6 +155,7 @@ class PolicyServer:
             self.decode_pool.shutdown(wait=True)
         if self.vision_servicer is not None:
             self.vision_servicer.close()
+        self._ended_filter.remove()
         self._stopped.set()
         log_event("stopped", rows=self.metrics.rows, batches=sum(self.metrics.batch_sizes.values()))
 
@@ -162,11 +165,18 @@ class PolicyServer:
 
 def serve(policy: Any = None, cfg: ServeConfig | None = None, vision: Any = None,
           ready: Any = None) -> None:
-    """Run until SIGTERM/SIGINT, then stop gracefully. `ready(port)` is called once serving (tests, scripts)."""
+    """`vla serve`: this process serves until SIGTERM/SIGINT, then stops gracefully. `ready(port)` is called once
+    serving (tests, scripts). The process's allocator is tuned for a stream of large requests and its heap given
+    back after bursts (vla.serving.allocator)."""
+    tuned = allocator.tune()  # after the model is loaded (its weights are read once), before the first request
+    log_event("allocator", **(tuned or {"tuned": False}))
 
     async def main() -> None:
         server = PolicyServer(policy, cfg, vision)
         port = await server.start()
+        if tuned:
+            calls = server.metrics.codes
+            trimmer = asyncio.ensure_future(allocator.trim_when_idle(lambda: sum(c.total() for c in calls.values())))
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,6 +184,8 @@ def serve(policy: Any = None, cfg: ServeConfig | None = None, vision: Any = None
         if ready is not None:
             ready(port)
         await stop.wait()
+        if tuned:
+            trimmer.cancel()
         await server.stop()
 
     asyncio.run(main())
