@@ -376,3 +376,72 @@ def test_the_server_filters_grpcs_logger_while_it_runs(server_factory):
     assert [f.metrics for f in ours()] == [srv.metrics]
     srv.stop(0)
     assert ours() == []
+
+
+class _RowTimedPolicy(FakePolicy):
+    """A forward pass takes `row_s` per row (a CPU: no batching gain), after waiting for `gate`; `passes` lists
+    (start, end, rows) in time.perf_counter seconds."""
+
+    def __init__(self, row_s: float):
+        super().__init__()
+        self.row_s, self.gate, self.entered = row_s, threading.Event(), threading.Event()
+        self.gate.set()
+        self.passes: list[tuple[float, float, int]] = []
+
+    def predict(self, obs):
+        self.entered.set()
+        assert self.gate.wait(30)
+        t = time.perf_counter()
+        time.sleep(self.row_s * len(obs["instruction"]))
+        self.passes.append((t, time.perf_counter(), len(obs["instruction"])))
+        return super().predict(obs)
+
+
+def test_a_batch_is_cut_to_its_deadline_and_hopeless_requests_never_run():
+    """40 ms a row; six requests queue behind a pass with 150 ms left when it ends: a batch of all six would end
+    at ~240 ms, past every deadline. Cut to what fits (3 rows), the rest answered DEADLINE_EXCEEDED without running
+    once even one row cannot finish in time."""
+    row_s = 0.04
+    policy = _RowTimedPolicy(row_s)
+
+    async def main():
+        b = DynamicBatcher(policy.predict, max_batch=32)
+        b.start()
+        await b.submit(make_obs(0))  # one pass: the batcher learns ~40 ms a row
+        policy.gate.clear()
+        policy.entered.clear()
+        held = asyncio.ensure_future(b.submit(make_obs(1)))
+        while not policy.entered.is_set():
+            await asyncio.sleep(0.002)
+        deadline = time.perf_counter() + row_s + 0.15  # the held pass's 40 ms, then 150 ms
+        rest = [asyncio.ensure_future(b.submit(make_obs(i), deadline=deadline)) for i in range(2, 8)]
+        await asyncio.sleep(0.005)
+        policy.gate.set()
+        await held
+        out = await asyncio.gather(*rest, return_exceptions=True)
+        await b.close()
+        return deadline, out, b.metrics
+
+    deadline, out, metrics = asyncio.run(main())
+    ok = [r for r in out if not isinstance(r, BaseException)]
+    late = [r for r in out if isinstance(r, Expired)]
+    assert len(ok) + len(late) == 6 and 1 <= len(ok) <= 3, out
+    assert all("deadline too close" in str(e) for e in late) and metrics.dropped_late == len(late)
+    timed = [p for p in policy.passes[2:]]  # the passes for the six
+    assert sum(rows for *_, rows in timed) == len(ok)
+    assert all(end <= deadline + 0.02 for _, end, _ in timed), (deadline, timed)  # none ran past the deadline
+
+
+def test_forward_pass_estimate_from_the_passes_seen():
+    """Hand-computed: one size seen scales by rows upwards; two or more give a least-squares line, never below
+    a smaller batch's time; a size seen is its own average; nothing seen, no estimate."""
+    b = DynamicBatcher(FakePolicy().predict)
+    assert b.estimate(8) == 0.0
+    b._cost = {1: 0.004}
+    assert b.estimate(1) == 0.004 and b.estimate(28) == pytest.approx(0.112)
+    b._cost = {4: 0.012}
+    assert b.estimate(2) == 0.012  # smaller than seen: the seen time bounds it
+    b._cost = {1: 0.004, 4: 0.010}  # line 0.002 + 0.002 * rows
+    assert b.estimate(10) == pytest.approx(0.022) and b.estimate(4) == 0.010
+    b._cost = {1: 0.004, 2: 0.0038}  # a noisy fit falls with size: held at the smaller batches' time
+    assert b.estimate(8) == pytest.approx(0.004)

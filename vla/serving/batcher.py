@@ -13,6 +13,14 @@ ones are answered `Expired` right there) and only then refuses. A request alread
 arrives is `Expired`, never `Overloaded`. Requests that die while queued never reach the model (counted as
 `dropped_expired` / `dropped_cancelled`).
 
+Deadline-aware batches: the model thread keeps the time its recent forward passes took per batch size. A request
+that could not finish before its deadline even alone is answered `Expired` at once instead of running (counted as
+`dropped_late`), and a batch is cut back from its end until its expected forward pass ends before the earliest
+deadline in it; the requests cut go back to the front of their FIFOs and lead the next batch. Without it, on a
+CPU where a batch costs about its size times one row, a backlog made batches whose every request missed its
+deadline, and the next batch formed from a longer backlog still: `vla bench serve --fleet 28` went from 0% to
+62% misses and stayed there.
+
 Fairness: one FIFO per client; batches are filled round robin across clients (one request per client per round),
 starting with the clients served longest ago. When the whole queue is full, a client holding fewer requests than
 the longest FIFO pushes out that FIFO's newest request (answered `Overloaded`), so one client flooding the server
@@ -124,6 +132,7 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._dead: BaseException | None = None  # set when the model thread stopped for good
+        self._cost: dict[int, float] = {}  # batch size -> seconds a forward pass took (moving average; model thread)
         self.on_fatal = on_fatal  # called on the loop with the SystemExit/KeyboardInterrupt that stopped it
 
     def start(self) -> None:
@@ -235,9 +244,12 @@ class DynamicBatcher:
                     return  # closing and drained
                 if self.max_wait > 0:
                     self._linger()
-                batch, expired = self._take()
+                batch, expired, late = self._take()
             if expired:
                 self._loop.call_soon_threadsafe(_fail, expired, Expired("deadline passed while queued"))
+            if late:
+                self._loop.call_soon_threadsafe(_fail, late, Expired(
+                    f"deadline too close: the model needs about {self.estimate(1) * 1e3:.1f} ms"))
             if batch and not self._run_batch(batch):
                 return  # fatal: _fatal answered everything and refuses new work
 
@@ -250,11 +262,11 @@ class DynamicBatcher:
                 return
             self._cond.wait(remaining)
 
-    def _take(self) -> tuple[list[_Item], list[_Item]]:
+    def _take(self) -> tuple[list[_Item], list[_Item], list[_Item]]:
         """(Lock held.) Pop up to max_batch live items, one per client per round, all of the layout of the first
-        one taken; items of another layout keep their place. Clients served move to the end of the round-robin
-        order (the one served last goes last). Returns (batch, expired): expired items are answered on the loop
-        (futures are not thread-safe)."""
+        one taken; items of another layout keep their place; then fit the batch to its deadlines (`_fit`). Clients
+        served move to the end of the round-robin order (the one served last goes last). Returns (batch, expired,
+        late): expired and late items are answered on the loop (futures are not thread-safe)."""
         now = time.perf_counter()
         batch: list[_Item] = []
         expired: list[_Item] = []
@@ -276,11 +288,49 @@ class DynamicBatcher:
                 served[client] = None
                 still.append((client, q))
             active = still
+        batch, late = self._fit(batch, now)
         for client in served:
             self._queues[client] = self._queues.pop(client)
         for client in [c for c, q in self._queues.items() if not q]:
             del self._queues[client]
-        return batch, expired
+        return batch, expired, late
+
+    def _fit(self, batch: list[_Item], now: float) -> tuple[list[_Item], list[_Item]]:
+        """(Lock held.) Deadline-aware batch: items that cannot finish in time even alone are taken out (late), then
+        the batch loses items from its end, back to the front of their FIFOs, until its estimated forward pass ends
+        by the earliest deadline in it. Returns (batch, late). Nothing changes before the first forward pass."""
+        if not self._cost:
+            return batch, []
+        alone = now + self.estimate(1)
+        late = [it for it in batch if it.deadline is not None and it.deadline < alone]
+        if late:
+            batch = [it for it in batch if it.deadline is None or it.deadline >= alone]
+            self.metrics.dropped_late += len(late)
+        while len(batch) > 1:
+            first = min((it.deadline for it in batch if it.deadline is not None), default=None)
+            if first is None or now + self.estimate(len(batch)) <= first:
+                break
+            back = batch.pop()
+            self._queues[back.client].appendleft(back)
+            self._n += 1
+        return batch, late
+
+    def estimate(self, size: int) -> float:
+        """Expected seconds of a forward pass on `size` rows, from the recent ones: the average for that size if
+        seen; else a straight line through the sizes seen (two or more); else one seen size scaled by rows (no
+        batching gain assumed: on a CPU a batch costs about its rows; a GPU's larger batches, once seen, are
+        cheaper per row and the line follows). 0 before any forward pass."""
+        cost = self._cost
+        if size in cost:
+            return cost[size]
+        if len(cost) >= 2:
+            slope, intercept = np.polyfit(np.fromiter(cost, float), np.fromiter(cost.values(), float), 1)
+            smaller = [t for k, t in cost.items() if k < size]  # never below a smaller batch's time (noisy fits)
+            return max(float(intercept + slope * size), *smaller, 0.0)
+        if cost:
+            ((k, t),) = cost.items()
+            return t * size / k if size > k else t
+        return 0.0
 
     def _pop(self, q: collections.deque[_Item], key: tuple | None, now: float, expired: list[_Item]) -> _Item | None:
         """(Lock held.) Remove and return the first live item of `key` (any, if None) from one client's FIFO;
@@ -314,6 +364,9 @@ class DynamicBatcher:
         if out.ndim != 3 or out.shape[0] != len(obs_list):
             raise RuntimeError(f"policy returned shape {out.shape} for a batch of {len(obs_list)} (expected (B, T, A))")
         self.metrics.record_batch(len(obs_list), t2 - t1)
+        if not self.inline:  # the deadline-aware batches' cost table (model thread only)
+            n, old = len(obs_list), self._cost.get(len(obs_list))
+            self._cost[n] = t2 - t0 if old is None else 0.7 * old + 0.3 * (t2 - t0)
         return out, t1 - t0, t2 - t1
 
     def _attempt(self, items: list[_Item]) -> BaseException | None:

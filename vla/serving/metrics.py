@@ -43,6 +43,7 @@ class Metrics:
         self.rows = 0
         self.dropped_expired = 0  # deadline passed while queued
         self.dropped_cancelled = 0  # caller gave up while queued
+        self.dropped_late = 0  # could not finish before its deadline even alone (batcher._fit)
         self.rejected_overload = 0
         self.expired_unread = 0  # deadline passed before the request was read
         self.ended_before_reply = 0  # answered after grpc's core had ended the RPC (rpc.EndedRpcFilter)
@@ -89,7 +90,8 @@ class Metrics:
                 dropped_cancelled=self.dropped_cancelled, rejected_overload=self.rejected_overload,
                 queue_depth=self.queue_depth(), queue_capacity=self.queue_capacity,
                 uptime_s=time.monotonic() - self.started, model_p50_ms=_pct(self.model_ms, 50),
-                expired_unread=self.expired_unread, clients=clients, ended_before_reply=self.ended_before_reply)
+                expired_unread=self.expired_unread, clients=clients, ended_before_reply=self.ended_before_reply,
+                dropped_late=self.dropped_late)
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):

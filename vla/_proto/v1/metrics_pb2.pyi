@@ -48,7 +48,7 @@ class ClientMetrics(_message.Message):
     def __init__(self, client: _Optional[str] = ..., calls: _Optional[int] = ..., ok: _Optional[int] = ..., refused: _Optional[int] = ..., deadline_missed: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms", "dropped_cancelled", "expired_unread", "clients", "ended_before_reply")
+    __slots__ = ("methods", "batch_sizes", "batches", "rows", "dropped_expired", "rejected_overload", "queue_depth", "queue_capacity", "uptime_s", "model_p50_ms", "dropped_cancelled", "expired_unread", "clients", "ended_before_reply", "dropped_late")
     class BatchSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Metrics(_message.Message):
     EXPIRED_UNREAD_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     ENDED_BEFORE_REPLY_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_LATE_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedCompositeFieldContainer[MethodMetrics]
     batch_sizes: _containers.ScalarMap[int, int]
     batches: int
@@ -84,4 +85,5 @@ class Metrics(_message.Message):
     expired_unread: int
     clients: _containers.RepeatedCompositeFieldContainer[ClientMetrics]
     ended_before_reply: int
-    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ..., dropped_cancelled: _Optional[int] = ..., expired_unread: _Optional[int] = ..., clients: _Optional[_Iterable[_Union[ClientMetrics, _Mapping]]] = ..., ended_before_reply: _Optional[int] = ...) -> None: ...
+    dropped_late: int
+    def __init__(self, methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., batches: _Optional[int] = ..., rows: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., rejected_overload: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., uptime_s: _Optional[float] = ..., model_p50_ms: _Optional[float] = ..., dropped_cancelled: _Optional[int] = ..., expired_unread: _Optional[int] = ..., clients: _Optional[_Iterable[_Union[ClientMetrics, _Mapping]]] = ..., ended_before_reply: _Optional[int] = ..., dropped_late: _Optional[int] = ...) -> None: ...
