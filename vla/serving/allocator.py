@@ -6,13 +6,14 @@ whenever more than M_TRIM_THRESHOLD of it is free; both thresholds move by thems
 server receives one 0.1-4 MB request after another (a 128 px RGB-D frame is 114 KB): with the moving thresholds a
 freed request buffer is returned to the kernel (munmap or a heap trim) and the next request's buffer is faulted
 back in page by page, zero-filled by the kernel. Fixed thresholds above the request sizes stop that: 5-15 page
-faults per message go to none, and the noop server's CPU per call with 8 clients falls by 7-12% (2-core dev
-machine, docs/benchmarks.md). The price is memory that stays with the process between requests: up to `trim_mb`
-of free heap at the top of each malloc arena (grpc's threads have arenas of their own), and freed request buffers
-inside the heaps. `trim_when_idle` gives that back once a burst is over: malloc_trim after `period_s` without
-calls, so steady traffic never pays for a trim. 64 clients sending 0.67 MB requests for 3 s: 125 MiB resident at
-the end of the burst and 74 MiB a few seconds later (idle: 67 MiB), where glibc's defaults kept 120 MiB; a 64 MiB
-trim threshold had kept 224 MiB even after the trim (arena tops are trimmed only at free()).
+faults per message go to none, and the noop server's CPU per streamed call with 8 clients falls by 7% (unary:
+1-2%; 2-core dev machine, docs/benchmarks.md). The price is memory that stays with the process between
+requests: up to `trim_mb` of free heap at the top of each malloc arena (grpc's threads have arenas of their own),
+and freed request buffers inside the heaps. `trim_when_idle` gives that back once a burst is over: malloc_trim
+after `period_s` without calls, so steady traffic never pays for a trim. 64 clients sending 0.67 MB requests for
+3 s: 125 MiB resident at the end of the burst and 74 MiB a few seconds later (idle: 67 MiB), where glibc's
+defaults kept 120 MiB; a 64 MiB trim threshold had kept 224 MiB even after the trim (arena tops are trimmed only
+at free()).
 
 Only `vla serve` (`server.serve`, a process of its own) tunes; in-process servers (ServerThread, tests,
 notebooks) leave the host program's allocator alone. Settings given in the environment (MALLOC_TRIM_THRESHOLD_,

@@ -289,7 +289,8 @@ class DynamicBatcher:
                 still.append((client, q))
             active = still
         batch, late = self._fit(batch, now)
-        for client in served:
+        kept = {it.client for it in batch}
+        for client in [c for c in served if c in kept]:  # a client whose item was cut keeps its turn
             self._queues[client] = self._queues.pop(client)
         for client in [c for c, q in self._queues.items() if not q]:
             del self._queues[client]
