@@ -17,7 +17,8 @@ at free()).
 
 Only `vla serve` (`server.serve`, a process of its own) tunes; in-process servers (ServerThread, tests,
 notebooks) leave the host program's allocator alone. Settings given in the environment (MALLOC_TRIM_THRESHOLD_,
-MALLOC_MMAP_THRESHOLD_, read by glibc at start-up) win: then nothing is changed.
+MALLOC_MMAP_THRESHOLD_, or glibc.malloc tunables in GLIBC_TUNABLES, read by glibc at start-up) win: then nothing is
+changed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def glibc() -> ctypes.CDLL | None:
 def tune(mmap_mb: float = MMAP_MB, trim_mb: float = TRIM_MB) -> dict[str, int] | None:
     """Fix glibc's mmap and trim thresholds (bytes); returns what was set, or None when nothing was (not glibc,
     or the environment already sets a threshold)."""
-    if any(name in os.environ for name in ENV):
+    if any(name in os.environ for name in ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return None
     libc = glibc()
     if libc is None:

@@ -13,10 +13,14 @@ ones are answered `Expired` right there) and only then refuses. A request alread
 arrives is `Expired`, never `Overloaded`. Requests that die while queued never reach the model (counted as
 `dropped_expired` / `dropped_cancelled`).
 
-Deadline-aware batches: the model thread keeps the time its recent forward passes took per batch size. A request
-that could not finish before its deadline even alone is answered `Expired` at once instead of running (counted as
-`dropped_late`), and a batch is cut back from its end until its expected forward pass ends before the earliest
-deadline in it; the requests cut go back to the front of their FIFOs and lead the next batch. Without it, on a
+Deadline-aware batches: the model thread keeps the time its recent forward passes took per batch size (not the
+first pass of a size: one-time costs). A request that could not finish before its deadline even alone is answered
+`Expired` at once instead of running (counted as `dropped_late`), and a batch is cut back from its end until its
+expected forward pass ends before the earliest deadline in it; the requests cut go back into their FIFOs and
+lead the next batch. Only times measured in the last `FRESH_S` seconds count, so one slow pass (a stall, a
+neighbour's burst) cannot keep requests out or batches small for longer than that: with no fresh time nothing is
+cut or dropped, and the next passes measure again. Estimates err low (smaller batches are scaled down by rows),
+which errs towards running a request. Without it, on a
 CPU where a batch costs about its size times one row, a backlog made batches whose every request missed its
 deadline, and the next batch formed from a longer backlog still: `vla bench serve --fleet 28` went from 0% to
 62% misses and stayed there.
@@ -110,6 +114,8 @@ def collate(obs_list: list[dict[str, Any]], copy: bool = True) -> dict[str, Any]
 
 
 class DynamicBatcher:
+    FRESH_S = 2.0  # forward-pass times older than this are not used for deadline-aware batches
+
     def __init__(self, predict: Callable[[dict], np.ndarray], *, max_batch: int = 32, max_wait_ms: float = 0.0,
                  max_queue: int = 256, max_queue_per_client: int | None = None, metrics: Metrics | None = None,
                  inline: bool = False, on_fatal: Callable[[BaseException], Any] | None = None):
@@ -132,7 +138,9 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._dead: BaseException | None = None  # set when the model thread stopped for good
-        self._cost: dict[int, float] = {}  # batch size -> seconds a forward pass took (moving average; model thread)
+        # batch size -> (seconds a forward pass took (moving average), when last measured); model thread only
+        self._cost: dict[int, tuple[float, float]] = {}
+        self._sizes_run: set[int] = set()  # batch sizes that ran once (their first pass is not timed)
         self.on_fatal = on_fatal  # called on the loop with the SystemExit/KeyboardInterrupt that stopped it
 
     def start(self) -> None:
@@ -298,40 +306,68 @@ class DynamicBatcher:
 
     def _fit(self, batch: list[_Item], now: float) -> tuple[list[_Item], list[_Item]]:
         """(Lock held.) Deadline-aware batch: items that cannot finish in time even alone are taken out (late), then
-        the batch loses items from its end, back to the front of their FIFOs, until its estimated forward pass ends
-        by the earliest deadline in it. Returns (batch, late). Nothing changes before the first forward pass."""
-        if not self._cost:
+        the batch loses items from its end, back into their FIFOs, until its estimated forward pass ends by the
+        earliest deadline in it. Returns (batch, late). Nothing changes without a fresh forward-pass time."""
+        estimate = self._estimator(now)
+        if estimate is None:
             return batch, []
-        alone = now + self.estimate(1)
+        alone = now + estimate(1)
         late = [it for it in batch if it.deadline is not None and it.deadline < alone]
         if late:
             batch = [it for it in batch if it.deadline is None or it.deadline >= alone]
             self.metrics.dropped_late += len(late)
         while len(batch) > 1:
             first = min((it.deadline for it in batch if it.deadline is not None), default=None)
-            if first is None or now + self.estimate(len(batch)) <= first:
+            if first is None or now + estimate(len(batch)) <= first:
                 break
-            back = batch.pop()
-            self._queues[back.client].appendleft(back)
-            self._n += 1
+            self._put_back(batch.pop())
         return batch, late
 
+    def _put_back(self, item: _Item) -> None:
+        """(Lock held.) An item cut from a batch goes back before the first item of its layout in its client's
+        FIFO: where `_pop` took it from, as far as its layout's order goes."""
+        q = self._queues[item.client]
+        at = next((i for i, other in enumerate(q) if other.key == item.key), len(q))
+        q.insert(at, item)
+        self._n += 1
+
+    def _estimator(self, now: float) -> Callable[[int], float] | None:
+        """size -> expected seconds of a forward pass, from the passes timed in the last FRESH_S seconds (None if
+        there are none): a size timed is its own average; else a straight line through two or more sizes timed,
+        never below a smaller batch's time (noisy fits); else the one size timed, scaled by rows (no batching gain
+        assumed: on a CPU a batch costs about its rows; a GPU's larger batches, once timed, are cheaper per row and
+        the line follows)."""
+        fresh = {k: t for k, (t, at) in self._cost.items() if now - at <= self.FRESH_S}
+        if not fresh:
+            return None
+        line = None
+        if len(fresh) >= 2:
+            slope, intercept = np.polyfit(np.fromiter(fresh, float), np.fromiter(fresh.values(), float), 1)
+            line = float(slope), float(intercept)
+
+        def estimate(size: int) -> float:
+            if size in fresh:
+                return fresh[size]
+            if line is not None:
+                return max(line[1] + line[0] * size, *(t for k, t in fresh.items() if k < size), 0.0)
+            ((k, t),) = fresh.items()
+            return t * size / k
+
+        return estimate
+
     def estimate(self, size: int) -> float:
-        """Expected seconds of a forward pass on `size` rows, from the recent ones: the average for that size if
-        seen; else a straight line through the sizes seen (two or more); else one seen size scaled by rows (no
-        batching gain assumed: on a CPU a batch costs about its rows; a GPU's larger batches, once seen, are
-        cheaper per row and the line follows). 0 before any forward pass."""
-        cost = self._cost
-        if size in cost:
-            return cost[size]
-        if len(cost) >= 2:
-            slope, intercept = np.polyfit(np.fromiter(cost, float), np.fromiter(cost.values(), float), 1)
-            smaller = [t for k, t in cost.items() if k < size]  # never below a smaller batch's time (noisy fits)
-            return max(float(intercept + slope * size), *smaller, 0.0)
-        if cost:
-            ((k, t),) = cost.items()
-            return t * size / k if size > k else t
-        return 0.0
+        """Expected seconds of a forward pass on `size` rows now (0.0 without a fresh time); see `_estimator`."""
+        estimate = self._estimator(time.perf_counter())
+        return 0.0 if estimate is None else estimate(size)
+
+    def _time_pass(self, size: int, seconds: float, now: float) -> None:
+        """(Model thread.) Keep a forward pass's time for deadline-aware batches; a size's first pass is not kept."""
+        if size not in self._sizes_run:
+            self._sizes_run.add(size)
+            return
+        old = self._cost.get(size)
+        fresh = old is not None and now - old[1] <= self.FRESH_S
+        self._cost[size] = (0.7 * old[0] + 0.3 * seconds if fresh else seconds, now)
 
     def _pop(self, q: collections.deque[_Item], key: tuple | None, now: float, expired: list[_Item]) -> _Item | None:
         """(Lock held.) Remove and return the first live item of `key` (any, if None) from one client's FIFO;
@@ -365,9 +401,8 @@ class DynamicBatcher:
         if out.ndim != 3 or out.shape[0] != len(obs_list):
             raise RuntimeError(f"policy returned shape {out.shape} for a batch of {len(obs_list)} (expected (B, T, A))")
         self.metrics.record_batch(len(obs_list), t2 - t1)
-        if not self.inline:  # the deadline-aware batches' cost table (model thread only)
-            n, old = len(obs_list), self._cost.get(len(obs_list))
-            self._cost[n] = t2 - t0 if old is None else 0.7 * old + 0.3 * (t2 - t0)
+        if not self.inline:
+            self._time_pass(len(obs_list), t2 - t0, t2)
         return out, t1 - t0, t2 - t1
 
     def _attempt(self, items: list[_Item]) -> BaseException | None:

@@ -10,7 +10,9 @@ channel per client, the request serialized once up front) in this one or in `--l
 `bare` is grpcio alone (vla.serving.bare: a generic handler answering fixed bytes, nothing parsed), driven by the
 same load generator in the same run, so `vs_bare` is our latency/throughput over the transport's own; the server
 process's CPU time per call over the same window (Linux /proc) is the steadier figure where the clients share the
-server's cores (`cpu_vs_bare`). The
+server's cores (`cpu_vs_bare`). Our server runs with `vla serve`'s glibc allocator settings (vla.serving.allocator),
+bare with glibc's defaults: give both the same with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the
+environment to compare the handlers alone. The
 in-process figures time `policy.predict` on batches of 1 and `max_batch`, so the overhead over the model is a ratio
 measured in one run on one machine too. `--pin` puts the server on the first `--server-cpus` CPUs of this
 process's affinity and the load generator on the rest.

@@ -1,8 +1,8 @@
 """Exception -> gRPC status mapping shared by the servicers, with per-method (and per-client) metrics.
 
 A request whose deadline passed before its handler read it is answered DEADLINE_EXCEEDED and counted
-(`expired_unread`), not logged; one whose deadline passed while it ran is DEADLINE_EXCEEDED too, its late answer
-dropped. An RPC that grpc's core has already finished (its deadline timer fired first, or the client went away)
+(`expired_unread`), not logged; a unary one whose deadline passed while it ran is DEADLINE_EXCEEDED too, its late
+answer dropped. An RPC that grpc's core has already finished (its deadline timer fired first, or the client went away)
 can no longer be answered: the handler ends as cancelled (a DEBUG line), instead of the ERROR traceback grpc logs
 when `context.abort` fails; where grpc itself fails to send a handler's answer for that reason, `EndedRpcFilter`
 turns its ERROR traceback into a counted DEBUG event (`ended_before_reply`).
@@ -107,7 +107,8 @@ class EndedRpcFilter(logging.Filter):
     """On grpc's own logger: its ERROR traceback for a handler's answer to an RPC its core had already ended (the
     client went away, or the deadline fired while the handler ran and before grpc told it) becomes a counted DEBUG
     event. Nothing is lost: that caller has its status from grpc's core already. Installed by the server while it
-    runs (`install`, `remove`)."""
+    runs (`install`, `remove`). grpc's logger is the process's: with several servers in one process (tests), the
+    first one installed counts them all, and another grpc.aio server's such tracebacks are quiet too."""
 
     LOGGER = "grpc._cython.cygrpc"
     MESSAGE = "ExecuteBatchError raised in core by servicer method"

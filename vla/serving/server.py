@@ -125,12 +125,12 @@ class PolicyServer:
         reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                              reflection.SERVICE_NAME], self.server)
         self.port = self._credentials_port(self.server)
-        self._ended_filter = EndedRpcFilter(self.metrics).install()
         if self.batcher is not None:
             self.batcher.start()
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ended_filter = EndedRpcFilter(self.metrics).install()  # once serving; removed by stop()
         self._stopped = asyncio.Event()
         log_event("serving", host=cfg.host, port=self.port, services=names, tls=bool(cfg.tls_cert),
                   auth=bool(cfg.token), max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue,
