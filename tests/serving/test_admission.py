@@ -434,13 +434,13 @@ def test_a_batch_is_cut_to_its_deadline_and_hopeless_requests_never_run():
 
 
 def test_a_stale_slow_time_stops_counting():
-    """One slow pass (a stall) must not lock requests out: while its time is fresh, a request that cannot make its
-    deadline by it is refused without running; once it is older than FRESH_S, requests run and are timed again."""
+    """One slow pass (a stall) must not lock requests out: while its time is recent, a request that cannot make its
+    deadline by it is refused without running; once it is older than LATE_S, requests run and are timed again."""
     policy = _RowTimedPolicy(0.005)
 
     async def main():
         b = DynamicBatcher(policy.predict)
-        b.FRESH_S = 0.3
+        b.LATE_S = 0.3
         b.start()
         b._sizes_run.add(1)
         b._cost[1] = (0.5, time.perf_counter())  # a 500 ms pass just now
@@ -476,7 +476,8 @@ def test_a_cut_request_goes_back_before_its_layouts_queue():
 
 def test_forward_pass_estimate_from_the_passes_seen():
     """Hand-computed: one size timed scales by rows; two or more give a least-squares line, never below a smaller
-    batch's time; a size timed is its own average; nothing fresh, no estimate; a size's first pass is not timed."""
+    batch's time; a size timed is its own average; nothing recent, no estimate; a size's first pass is not
+    timed."""
     b = DynamicBatcher(FakePolicy().predict)
     now = time.perf_counter()
     assert b.estimate(8) == 0.0
@@ -490,5 +491,7 @@ def test_forward_pass_estimate_from_the_passes_seen():
     assert b.estimate(10) == pytest.approx(0.022) and b.estimate(4) == 0.010
     b._cost = {1: (0.004, now), 2: (0.0038, now)}  # a noisy fit falls with size: held at the smaller batches' time
     assert b.estimate(8) == pytest.approx(0.004)
-    b._cost = {1: (0.004, now - b.FRESH_S - 1)}  # stale
-    assert b.estimate(1) == 0.0
+    b._cost = {1: (0.004, now - b.LATE_S - 1)}  # too old to refuse a request on, recent enough to cut a batch
+    assert b.estimate(1) == 0.0 and b.estimate(3, max_age=b.CUT_S) == pytest.approx(0.012)
+    b._cost = {1: (0.004, now - b.CUT_S - 1)}
+    assert b.estimate(3, max_age=b.CUT_S) == 0.0

@@ -17,10 +17,11 @@ Deadline-aware batches: the model thread keeps the time its recent forward passe
 first pass of a size: one-time costs). A request that could not finish before its deadline even alone is answered
 `Expired` at once instead of running (counted as `dropped_late`), and a batch is cut back from its end until its
 expected forward pass ends before the earliest deadline in it; the requests cut go back into their FIFOs and
-lead the next batch. Only times measured in the last `FRESH_S` seconds count, so one slow pass (a stall, a
-neighbour's burst) cannot keep requests out or batches small for longer than that: with no fresh time nothing is
-cut or dropped, and the next passes measure again. Estimates err low (smaller batches are scaled down by rows),
-which errs towards running a request. Without it, on a
+lead the next batch. A request is refused as late only on times measured in the last `LATE_S` seconds, so one
+slow pass (a stall, a neighbour's burst) cannot keep requests out for longer than that (nothing would run to time
+the model again); batches are cut on times of the last `CUT_S` seconds, so after a quiet spell the first burst is
+already cut, and a stale time makes batches small for at most that long while smaller batches keep running.
+Estimates err low (smaller batches are scaled down by rows), which errs towards running a request. Without it, on a
 CPU where a batch costs about its size times one row, a backlog made batches whose every request missed its
 deadline, and the next batch formed from a longer backlog still: `vla bench serve --fleet 28` went from 0% to
 62% misses and stayed there.
@@ -114,7 +115,8 @@ def collate(obs_list: list[dict[str, Any]], copy: bool = True) -> dict[str, Any]
 
 
 class DynamicBatcher:
-    FRESH_S = 2.0  # forward-pass times older than this are not used for deadline-aware batches
+    LATE_S = 2.0  # a request is refused as late only on forward-pass times this recent (seconds)
+    CUT_S = 60.0  # batches are cut on forward-pass times this recent
 
     def __init__(self, predict: Callable[[dict], np.ndarray], *, max_batch: int = 32, max_wait_ms: float = 0.0,
                  max_queue: int = 256, max_queue_per_client: int | None = None, metrics: Metrics | None = None,
@@ -307,16 +309,16 @@ class DynamicBatcher:
     def _fit(self, batch: list[_Item], now: float) -> tuple[list[_Item], list[_Item]]:
         """(Lock held.) Deadline-aware batch: items that cannot finish in time even alone are taken out (late), then
         the batch loses items from its end, back into their FIFOs, until its estimated forward pass ends by the
-        earliest deadline in it. Returns (batch, late). Nothing changes without a fresh forward-pass time."""
-        estimate = self._estimator(now)
-        if estimate is None:
-            return batch, []
-        alone = now + estimate(1)
-        late = [it for it in batch if it.deadline is not None and it.deadline < alone]
+        earliest deadline in it. Returns (batch, late). Nothing changes without a recent forward-pass time."""
+        recent, estimate = self._estimator(now, self.LATE_S), self._estimator(now, self.CUT_S)
+        late = []
+        if recent is not None:
+            alone = now + recent(1)
+            late = [it for it in batch if it.deadline is not None and it.deadline < alone]
         if late:
             batch = [it for it in batch if it.deadline is None or it.deadline >= alone]
             self.metrics.dropped_late += len(late)
-        while len(batch) > 1:
+        while estimate is not None and len(batch) > 1:
             first = min((it.deadline for it in batch if it.deadline is not None), default=None)
             if first is None or now + estimate(len(batch)) <= first:
                 break
@@ -331,13 +333,13 @@ class DynamicBatcher:
         q.insert(at, item)
         self._n += 1
 
-    def _estimator(self, now: float) -> Callable[[int], float] | None:
-        """size -> expected seconds of a forward pass, from the passes timed in the last FRESH_S seconds (None if
-        there are none): a size timed is its own average; else a straight line through two or more sizes timed,
+    def _estimator(self, now: float, max_age: float) -> Callable[[int], float] | None:
+        """size -> expected seconds of a forward pass, from the passes timed in the last `max_age` seconds (None
+        if there are none): a size timed is its own average; else a straight line through two or more sizes timed,
         never below a smaller batch's time (noisy fits); else the one size timed, scaled by rows (no batching gain
         assumed: on a CPU a batch costs about its rows; a GPU's larger batches, once timed, are cheaper per row and
         the line follows)."""
-        fresh = {k: t for k, (t, at) in self._cost.items() if now - at <= self.FRESH_S}
+        fresh = {k: t for k, (t, at) in self._cost.items() if now - at <= max_age}
         if not fresh:
             return None
         line = None
@@ -355,9 +357,10 @@ class DynamicBatcher:
 
         return estimate
 
-    def estimate(self, size: int) -> float:
-        """Expected seconds of a forward pass on `size` rows now (0.0 without a fresh time); see `_estimator`."""
-        estimate = self._estimator(time.perf_counter())
+    def estimate(self, size: int, max_age: float | None = None) -> float:
+        """Expected seconds of a forward pass on `size` rows from the times of the last `max_age` seconds (default
+        LATE_S); 0.0 without one. See `_estimator`."""
+        estimate = self._estimator(time.perf_counter(), self.LATE_S if max_age is None else max_age)
         return 0.0 if estimate is None else estimate(size)
 
     def _time_pass(self, size: int, seconds: float, now: float) -> None:
@@ -366,7 +369,7 @@ class DynamicBatcher:
             self._sizes_run.add(size)
             return
         old = self._cost.get(size)
-        fresh = old is not None and now - old[1] <= self.FRESH_S
+        fresh = old is not None and now - old[1] <= self.LATE_S
         self._cost[size] = (0.7 * old[0] + 0.3 * seconds if fresh else seconds, now)
 
     def _pop(self, q: collections.deque[_Item], key: tuple | None, now: float, expired: list[_Item]) -> _Item | None:
