@@ -309,7 +309,10 @@ class DynamicBatcher:
     def _fit(self, batch: list[_Item], now: float) -> tuple[list[_Item], list[_Item]]:
         """(Lock held.) Deadline-aware batch: items that cannot finish in time even alone are taken out (late), then
         the batch loses items from its end, back into their FIFOs, until its estimated forward pass ends by the
-        earliest deadline in it. Returns (batch, late). Nothing changes without a recent forward-pass time."""
+        earliest deadline in it. Returns (batch, late). Nothing changes without a recent forward-pass time, nor for
+        a batch without deadlines."""
+        if all(it.deadline is None for it in batch):
+            return batch, []
         recent, estimate = self._estimator(now, self.LATE_S), self._estimator(now, self.CUT_S)
         late = []
         if recent is not None:
@@ -342,16 +345,15 @@ class DynamicBatcher:
         fresh = {k: t for k, (t, at) in self._cost.items() if now - at <= max_age}
         if not fresh:
             return None
-        line = None
-        if len(fresh) >= 2:
-            slope, intercept = np.polyfit(np.fromiter(fresh, float), np.fromiter(fresh.values(), float), 1)
-            line = float(slope), float(intercept)
+        line: list[float] = []  # slope, intercept: fitted on the first size that needs it (the lock is held)
 
         def estimate(size: int) -> float:
             if size in fresh:
                 return fresh[size]
-            if line is not None:
-                return max(line[1] + line[0] * size, *(t for k, t in fresh.items() if k < size), 0.0)
+            if len(fresh) >= 2:
+                if not line:
+                    line.extend(np.polyfit(np.fromiter(fresh, float), np.fromiter(fresh.values(), float), 1))
+                return max(float(line[1] + line[0] * size), *(t for k, t in fresh.items() if k < size), 0.0)
             ((k, t),) = fresh.items()
             return t * size / k
 
